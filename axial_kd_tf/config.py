@@ -1,0 +1,300 @@
+"""Typed experiment configuration: YAML → dataclasses, with strict validation.
+
+* Unknown keys are rejected with the nearest valid key as a suggestion.
+* Wrong types and out-of-range values are rejected with the dotted key named.
+* ``--set section.key=value`` overrides are parsed as YAML scalars (``3``, ``1e-3``, ``true``, ``[float32, int8]``).
+
+All errors are :class:`axial_kd_tf.errors.UserError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from axial_kd_tf.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class ModelConfig:
+    """The segmentation network (the student)."""
+
+    library: Literal["native", "segmentation_models"] = "native"
+    arch: str = "simple_unet"
+    encoder: Optional[str] = None
+    encoder_weights: Optional[str] = None
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class TeacherConfig:
+    """The Axial-Attention teacher head (see :class:`axial_kd_tf.layers.AxialTeacherHead`)."""
+
+    hidden_dim: int = 16
+    num_heads: int = 1
+    key_dim: Optional[int] = None
+    max_span: int = 256
+    positional_encoding: bool = True
+    normalization: bool = True
+    pool_size: int = 1
+
+
+@dataclass
+class DistillConfig:
+    """Loss = w_s·CE(student) + w_t·CE(teacher) + w_d·MSE(student, teacher). ``enabled: false`` = CE-only baseline."""
+
+    enabled: bool = True
+    student_weight: float = 1.0
+    teacher_weight: float = 1.0
+    distill_weight: float = 1.0
+    target: Literal["logits", "probabilities"] = "logits"
+    stop_gradient_teacher: bool = True
+    ignore_index: Optional[int] = None
+    class_weights: Optional[list] = None
+
+
+@dataclass
+class DataConfig:
+    """The dataset. ``synthetic`` is the procedurally generated 5-class quickstart set."""
+
+    dataset: Literal["synthetic"] = "synthetic"
+    root: Optional[str] = None
+    cache_dir: Optional[str] = None
+    image_size: int = 128
+    crop_size: Optional[int] = None
+    train_samples: int = 160
+    val_samples: int = 32
+    test_samples: int = 32
+    augment: bool = True
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = 0.0
+    lr_schedule: Literal["constant", "cosine", "poly"] = "cosine"
+    steps_per_epoch: Optional[int] = None
+    mixed_precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
+    jit_compile: bool = False
+    seed: int = 0
+
+
+@dataclass
+class ExportConfig:
+    enabled: bool = True
+    variants: list = field(default_factory=lambda: ["float32"])
+    teacher: bool = False
+    input_size: Optional[int] = None
+    verify_samples: int = 8
+    calibration_samples: int = 32
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    image_every: int = 1
+    num_images: int = 3
+    verbose: int = 1
+
+
+@dataclass
+class Config:
+    name: str = "experiment"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "Config":
+        _validate_ranges(self)
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------- parsing
+def _suggest(key: str, valid: typing.Iterable[str]) -> str:
+    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(sorted(valid))}"
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints are accepted where floats are expected)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except UserError:
+                pass
+        raise UserError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise UserError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}{_suggest(str(value), map(str, typing.get_args(tp)))}".replace("valid keys", "valid values"))
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"config key '{key}' must be a string, got {value!r}")
+        return value
+    if tp is list:
+        if not isinstance(value, list):
+            raise UserError(f"config key '{key}' must be a list, got {value!r}")
+        return value
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"config key '{key}' must be a mapping, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise UserError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise UserError(f"unknown config key '{prefix}{key}'{_suggest(str(key), names)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value if value is not None else {}, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, tp, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _check(cond: bool, key: str, message: str) -> None:
+    if not cond:
+        raise UserError(f"config key '{key}' {message}")
+
+
+def _validate_ranges(cfg: Config) -> None:
+    t, d, tr, e, lg, ds = cfg.teacher, cfg.distill, cfg.train, cfg.export, cfg.logging, cfg.data
+    for key in ("hidden_dim", "num_heads", "max_span", "pool_size"):
+        _check(getattr(t, key) >= 1, f"teacher.{key}", "must be >= 1")
+    _check(t.key_dim is None or t.key_dim >= 1, "teacher.key_dim", "must be >= 1 or null")
+    _check(t.hidden_dim % t.num_heads == 0, "teacher.hidden_dim", f"must be divisible by teacher.num_heads ({t.num_heads})")
+    for key in ("student_weight", "teacher_weight", "distill_weight"):
+        _check(getattr(d, key) >= 0, f"distill.{key}", "must be >= 0")
+    _check(d.class_weights is None or all(isinstance(w, (int, float)) and w >= 0 for w in d.class_weights),
+           "distill.class_weights", "must be a list of non-negative numbers, one per class")
+    for key in ("image_size",):
+        _check(getattr(ds, key) >= 8, f"data.{key}", "must be >= 8")
+    _check(ds.crop_size is None or 8 <= ds.crop_size <= ds.image_size, "data.crop_size",
+           f"must be between 8 and data.image_size ({ds.image_size}) or null")
+    for key in ("train_samples", "val_samples", "test_samples"):
+        _check(getattr(ds, key) >= 1, f"data.{key}", "must be >= 1")
+    _check(tr.epochs >= 1, "train.epochs", "must be >= 1")
+    _check(tr.batch_size >= 1, "train.batch_size", "must be >= 1")
+    _check(tr.learning_rate > 0, "train.learning_rate", "must be > 0")
+    _check(tr.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    _check(tr.steps_per_epoch is None or tr.steps_per_epoch >= 1, "train.steps_per_epoch", "must be >= 1 or null")
+    valid_variants = ("float32", "float16", "int8")
+    for v in e.variants:
+        _check(v in valid_variants, "export.variants", f"has unknown variant {v!r}; valid: {', '.join(valid_variants)}")
+    _check(e.input_size is None or e.input_size >= 8, "export.input_size", "must be >= 8 or null")
+    _check(e.verify_samples >= 1, "export.verify_samples", "must be >= 1")
+    _check(e.calibration_samples >= 1, "export.calibration_samples", "must be >= 1")
+    _check(lg.image_every >= 1, "logging.image_every", "must be >= 1")
+    _check(lg.num_images >= 0, "logging.num_images", "must be >= 0")
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """``covid.yaml`` or ``covid`` resolves to ``configs/covid.yaml`` when it is not a file itself."""
+    p = Path(path)
+    candidates = [p, CONFIG_DIR / p, CONFIG_DIR / p.with_suffix(".yaml"), Path("configs") / p]
+    for c in candidates:
+        if c.is_file():
+            return c
+    available = ", ".join(sorted(x.name for x in CONFIG_DIR.glob("*.yaml"))) if CONFIG_DIR.is_dir() else "none"
+    raise UserError(f"config file '{path}' not found; pass a YAML path or one of configs/: {available}")
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply ``a.b=value`` to a raw config mapping (value parsed as YAML)."""
+    if "=" not in assignment:
+        raise UserError(f"override '{assignment}' must look like section.key=value (e.g. train.epochs=3)")
+    dotted, _, text = assignment.partition("=")
+    dotted = dotted.strip()
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    parts = dotted.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"override '{assignment}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def config_from_dict(raw: dict) -> Config:
+    return _build(Config, raw or {}, "").validate()
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Load a YAML config (``None`` = all defaults), apply ``--set`` overrides, validate."""
+    raw: dict = {}
+    if path is not None:
+        p = resolve_config_path(path)
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise UserError(f"config file '{p}' is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"config file '{p}' must contain a mapping of sections (model:, train:, ...)")
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return config_from_dict(raw)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

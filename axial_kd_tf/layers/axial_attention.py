@@ -1,0 +1,215 @@
+"""Position-sensitive axial self-attention (one pass along height or width).
+
+Reference: H. Wang, Y. Zhu, B. Green, H. Adam, A. Yuille, L.-C. Chen, "Axial-DeepLab: Stand-Alone Axial-Attention
+for Panoptic Segmentation", ECCV 2020, Eq. (4)::
+
+    y_o = Σ_p softmax_p(q_oᵀ k_p + q_oᵀ r^q_{p−o} + k_pᵀ r^k_{p−o}) · (v_p + r^v_{p−o})
+
+for every query position ``o`` and memory position ``p`` on one axis; the other axis is folded into the batch, so a
+pass costs O(L) per pixel instead of O(H·W) for full 2-D attention.
+
+Design choices that differ from the public implementations (see ``shared/reference/axial-attention.md``):
+
+* **Any size.** The relative-position tables have ``2·max_span − 1`` rows and are indexed by the clipped distance
+  ``clip(p − o, −(max_span − 1), max_span − 1)``. The table does not depend on the size the layer was built at, so a
+  layer built at 32×32 and called at 48×48 (or at an unknown size) is exactly the same function as one built at 48.
+  deeplab2's layer silently gives wrong results there.
+* **Normalisation folded for Keras 3.** Keras 3 ``BatchNormalization`` normalises along one axis only. As in the
+  official PyTorch design, the three similarity terms are stacked as ``3·heads`` channels of one
+  ``[N, 3·heads, L, L]`` tensor (BN on axis 1), and the two retrieval terms as ``2·heads·value_dim`` channels of one
+  ``[N, L, 2·heads·value_dim]`` tensor (BN on the last axis); each stack is then summed over its terms.
+* **At most 5-D.** No intermediate tensor exceeds 5 dimensions and every op lowers to a TFLite builtin.
+* With ``use_positional_encoding=False`` (and ``use_normalization=False``) the layer is plain multi-head scaled
+  dot-product attention along the axis.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+from keras import ops
+
+_AXES = {"height": 1, "width": 2, 1: 1, 2: 2}
+
+
+@keras.saving.register_keras_serializable(package="axial_kd_tf")
+class AxialAttention(keras.layers.Layer):
+    """One multi-head, position-sensitive axial self-attention pass over a ``[B, H, W, C]`` tensor.
+
+    Args:
+        axis: ``"height"`` (attend along H, i.e. within each column) or ``"width"`` (along W, within each row).
+        num_heads: number of attention heads.
+        key_dim: query/key depth per head (``d_q = d_k``).
+        value_dim: value depth per head; the output has ``num_heads · value_dim`` channels.
+        max_span: relative distances are clipped to ``±(max_span − 1)``; the tables have ``2·max_span − 1`` rows.
+        use_positional_encoding: add the ``r^q``, ``r^k`` and ``r^v`` terms of Axial-DeepLab Eq. (4). Off gives
+            plain scaled dot-product attention.
+        use_normalization: batch-normalise the qkv projection, the similarity terms and the retrieval terms
+            (Axial-DeepLab). Off scales the similarity by ``1/sqrt(key_dim)`` instead.
+        kernel_initializer: initializer of the qkv projection.
+    """
+
+    def __init__(
+        self,
+        axis: str | int = "height",
+        num_heads: int = 1,
+        key_dim: int = 8,
+        value_dim: int = 8,
+        max_span: int = 256,
+        use_positional_encoding: bool = True,
+        use_normalization: bool = True,
+        kernel_initializer: Any = "glorot_uniform",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if axis not in _AXES:
+            raise ValueError(f"axis must be 'height' or 'width' (or 1/2), got {axis!r}")
+        for name, value in (("num_heads", num_heads), ("key_dim", key_dim), ("value_dim", value_dim),
+                            ("max_span", max_span)):
+            if int(value) < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.axis = "height" if _AXES[axis] == 1 else "width"
+        self.num_heads = int(num_heads)
+        self.key_dim = int(key_dim)
+        self.value_dim = int(value_dim)
+        self.max_span = int(max_span)
+        self.use_positional_encoding = bool(use_positional_encoding)
+        self.use_normalization = bool(use_normalization)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.output_dim = self.num_heads * self.value_dim
+        self.supports_masking = False
+
+    # ------------------------------------------------------------------ build
+    def build(self, input_shape: tuple) -> None:
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError("AxialAttention needs a known channel dimension")
+        qkv_dim = self.num_heads * (2 * self.key_dim + self.value_dim)
+        self.qkv_kernel = self.add_weight(
+            name="qkv_kernel", shape=(int(channels), qkv_dim), initializer=self.kernel_initializer
+        )
+        if not self.use_normalization:
+            self.qkv_bias = self.add_weight(name="qkv_bias", shape=(qkv_dim,), initializer="zeros")
+        if self.use_positional_encoding:
+            rows = 2 * self.max_span - 1
+            # Axial-DeepLab initialises the relative embeddings with std 1/sqrt(depth).
+            self.rel_q = self.add_weight(
+                name="rel_q", shape=(rows, self.key_dim),
+                initializer=keras.initializers.RandomNormal(stddev=1.0 / math.sqrt(self.key_dim)),
+            )
+            self.rel_k = self.add_weight(
+                name="rel_k", shape=(rows, self.key_dim),
+                initializer=keras.initializers.RandomNormal(stddev=1.0 / math.sqrt(self.key_dim)),
+            )
+            self.rel_v = self.add_weight(
+                name="rel_v", shape=(rows, self.value_dim),
+                initializer=keras.initializers.RandomNormal(stddev=1.0 / math.sqrt(self.value_dim)),
+            )
+        if self.use_normalization:
+            n_terms = 3 if self.use_positional_encoding else 1
+            n_out = 2 if self.use_positional_encoding else 1
+            # Folded BNs: each normalises a single axis (Keras 3 requirement).
+            self.qkv_norm = keras.layers.BatchNormalization(axis=-1, name="qkv_norm", dtype=self.dtype_policy)
+            self.qkv_norm.build((None, None, qkv_dim))
+            self.similarity_norm = keras.layers.BatchNormalization(
+                axis=1, name="similarity_norm", dtype=self.dtype_policy
+            )
+            self.similarity_norm.build((None, n_terms * self.num_heads, None, None))
+            self.output_norm = keras.layers.BatchNormalization(axis=-1, name="output_norm", dtype=self.dtype_policy)
+            self.output_norm.build((None, None, n_out * self.output_dim))
+        self.built = True
+
+    # ------------------------------------------------------------------ call
+    def _relative_index(self, length: Any) -> Any:
+        """``idx[o, p] = clip(p − o, ±(max_span − 1)) + max_span − 1``, an ``[L, L]`` int32 table index."""
+        pos = ops.arange(length, dtype="int32")
+        rel = ops.expand_dims(pos, 0) - ops.expand_dims(pos, 1)  # [o, p] -> p - o
+        rel = ops.clip(rel, -(self.max_span - 1), self.max_span - 1)
+        return rel + (self.max_span - 1)
+
+    def call(self, inputs: Any, training: bool | None = None) -> Any:
+        x = inputs
+        shape = ops.shape(x)
+        batch, height, width = shape[0], shape[1], shape[2]
+        channels = x.shape[-1]
+        if self.axis == "height":
+            # Fold W into the batch: [B, H, W, C] -> [B, W, H, C] -> [B·W, H, C].
+            x = ops.transpose(x, (0, 2, 1, 3))
+            length, other = height, width
+        else:
+            length, other = width, height
+        x = ops.reshape(x, (batch * other, length, channels))
+
+        h, dk, dv = self.num_heads, self.key_dim, self.value_dim
+        qkv = ops.matmul(x, self.qkv_kernel)  # [N, L, h·(2dk+dv)]
+        if self.use_normalization:
+            qkv = self.qkv_norm(qkv, training=training)
+        else:
+            qkv = qkv + self.qkv_bias
+        q = ops.reshape(qkv[..., : h * dk], (-1, length, h, dk))
+        k = ops.reshape(qkv[..., h * dk : 2 * h * dk], (-1, length, h, dk))
+        v = ops.reshape(qkv[..., 2 * h * dk :], (-1, length, h, dv))
+
+        qk = ops.einsum("nohd,nphd->nhop", q, k)  # [N, h, L, L]
+        if self.use_positional_encoding:
+            idx = self._relative_index(length)
+            r_q = ops.take(self.rel_q, idx, axis=0)  # [L, L, dk], r_q[o, p] = r^q_{p-o}
+            r_k = ops.take(self.rel_k, idx, axis=0)
+            qr = ops.einsum("nohd,opd->nhop", q, r_q)
+            kr = ops.einsum("nphd,opd->nhop", k, r_k)
+            terms = [qk, qr, kr]
+        else:
+            terms = [qk]
+
+        if self.use_normalization:
+            stacked = ops.concatenate(terms, axis=1) if len(terms) > 1 else qk  # [N, T·h, L, L]
+            stacked = self.similarity_norm(stacked, training=training)
+            if len(terms) > 1:
+                stacked = ops.reshape(stacked, (-1, len(terms), h, length, length))  # 5-D at most
+                logits = ops.sum(stacked, axis=1)
+            else:
+                logits = stacked
+        else:
+            logits = terms[0]
+            for term in terms[1:]:
+                logits = logits + term
+            logits = logits * ops.cast(1.0 / math.sqrt(dk), logits.dtype)
+
+        attn = ops.softmax(logits, axis=-1)  # over memory positions p
+        out = ops.einsum("nhop,nphd->nohd", attn, v)  # [N, L, h, dv]
+        out = ops.reshape(out, (-1, length, h * dv))
+        if self.use_positional_encoding:
+            r_v = ops.take(self.rel_v, idx, axis=0)  # [L, L, dv]
+            out_r = ops.einsum("nhop,opd->nohd", attn, r_v)
+            out_r = ops.reshape(out_r, (-1, length, h * dv))
+            if self.use_normalization:
+                both = self.output_norm(ops.concatenate([out, out_r], axis=-1), training=training)
+                out = both[..., : h * dv] + both[..., h * dv :]
+            else:
+                out = out + out_r
+        elif self.use_normalization:
+            out = self.output_norm(out, training=training)
+
+        out = ops.reshape(out, (batch, other, length, h * dv))
+        if self.axis == "height":
+            out = ops.transpose(out, (0, 2, 1, 3))
+        return out
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return tuple(input_shape[:-1]) + (self.output_dim,)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            axis=self.axis,
+            num_heads=self.num_heads,
+            key_dim=self.key_dim,
+            value_dim=self.value_dim,
+            max_span=self.max_span,
+            use_positional_encoding=self.use_positional_encoding,
+            use_normalization=self.use_normalization,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+        )
+        return config
