@@ -1,0 +1,405 @@
+"""Tests of ``axial_kd_tf.layers.axial_attention.AxialAttention``.
+
+The numerical reference below is written from Axial-DeepLab (ECCV 2020) Eq. (4) with explicit loops over
+(batch, other axis, head, o, p), independently of the layer's einsum/gather implementation::
+
+    y_o = Σ_p softmax_p(q_o·k_p + q_o·r^q_{p−o} + k_p·r^k_{p−o}) (v_p + r^v_{p−o})
+
+with relative tables of ``2·max_span − 1`` rows indexed by ``clip(p − o, ±(max_span − 1)) + max_span − 1`` and the
+inference-mode BatchNorm ``(x − mean)/sqrt(var + eps)·gamma + beta`` on the qkv projection, on each similarity term
+(``3·heads`` channels, term-major then head) and on each retrieval term (``2·heads·value_dim`` channels).
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from axial_kd_tf.layers.axial_attention import AxialAttention
+
+BN_EPS = 1e-3  # Keras BatchNormalization default
+ATOL = 1e-4
+RTOL = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(1234)
+
+
+# ----------------------------------------------------------------------------------------------------- helpers
+def _weight_key(variable) -> str:
+    """``qkv_kernel``, ``rel_q``, ``qkv_norm/gamma``, ... independent of the layer's (unique) name."""
+    parts = variable.path.split("/")
+    if len(parts) >= 2 and parts[-2].endswith("_norm"):
+        return f"{parts[-2]}/{parts[-1]}"
+    return parts[-1]
+
+
+def randomize_weights(layer: keras.layers.Layer, seed: int) -> dict[str, np.ndarray]:
+    """Set every weight (kernel, bias, relative tables, BN gamma/beta/moving stats) to a random array.
+
+    Returns the arrays (float64) keyed by :func:`_weight_key`.
+    """
+    rng = np.random.default_rng(seed)
+    params: dict[str, np.ndarray] = {}
+    values = []
+    for var in layer.weights:
+        key = _weight_key(var)
+        shape = tuple(var.shape)
+        leaf = key.split("/")[-1]
+        if leaf == "moving_variance":
+            arr = rng.uniform(0.4, 2.5, shape)
+        elif leaf == "moving_mean":
+            arr = rng.normal(0.0, 0.5, shape)
+        elif leaf == "gamma":
+            arr = rng.uniform(0.5, 1.5, shape) * rng.choice([-1.0, 1.0], shape)
+        elif leaf == "beta":
+            arr = rng.normal(0.0, 0.4, shape)
+        elif leaf.startswith("rel_"):
+            arr = rng.normal(0.0, 0.7, shape)
+        elif leaf == "qkv_kernel":
+            arr = rng.normal(0.0, 0.45, shape)
+        elif leaf == "qkv_bias":
+            arr = rng.normal(0.0, 0.4, shape)
+        else:  # pragma: no cover - a new weight the tests do not know about
+            raise AssertionError(f"unexpected weight {var.path}")
+        assert key not in params, f"duplicate weight key {key}"
+        params[key] = arr
+        values.append(arr.astype(np.float32))
+    layer.set_weights(values)
+    for key in ("rel_q", "rel_k", "rel_v"):
+        if key in params and len(params[key]) > 1:  # the tables must not be symmetric in p − o, or a sign flip would go unnoticed
+            assert not np.allclose(params[key], params[key][::-1], atol=1e-2)
+    return {k: v.astype(np.float32).astype(np.float64) for k, v in params.items()}
+
+
+def _bn(x, params, name, channels):
+    """Inference-mode BatchNorm of ``x`` whose entries are the channels ``channels`` of norm ``name``."""
+    g = params[f"{name}/gamma"][channels]
+    b = params[f"{name}/beta"][channels]
+    m = params[f"{name}/moving_mean"][channels]
+    v = params[f"{name}/moving_variance"][channels]
+    return (x - m) / np.sqrt(v + BN_EPS) * g + b
+
+
+def reference_axial(x, params, *, axis, num_heads, key_dim, value_dim, max_span, pos, norm, mutation=None):
+    """Loop implementation of one Axial-DeepLab pass. ``mutation`` injects a known bug (sensitivity checks)."""
+    x = np.asarray(x, np.float64)
+    seqs = x.transpose(0, 2, 1, 3) if axis == "height" else x  # [B, other, L, C]
+    n_b, n_other, length, _ = seqs.shape
+    h, dk, dv = num_heads, key_dim, value_dim
+    span = max_span - 2 if mutation == "clip_off_by_one" else max_span - 1
+
+    def row(o, p):
+        d = (o - p) if mutation == "flip_rel" else (p - o)
+        return int(min(max(d, -span), span)) + max_span - 1
+
+    def sim_channel(term, head):
+        return head * 3 + term if mutation == "head_major_sim" else term * h + head
+
+    out = np.zeros((n_b, n_other, length, h * dv))
+    for b in range(n_b):
+        for j in range(n_other):
+            qkv = seqs[b, j] @ params["qkv_kernel"]  # [L, h(2dk+dv)]
+            if norm:
+                qkv = _bn(qkv, params, "qkv_norm", slice(None))
+            else:
+                qkv = qkv + params["qkv_bias"]
+            q = qkv[:, : h * dk].reshape(length, h, dk)
+            k = qkv[:, h * dk : 2 * h * dk].reshape(length, h, dk)
+            v = qkv[:, 2 * h * dk :].reshape(length, h, dv)
+            for head in range(h):
+                logits = np.zeros((length, length))
+                for o in range(length):
+                    for p in range(length):
+                        terms = [float(np.dot(q[o, head], k[p, head]))]
+                        if pos:
+                            r = row(o, p)
+                            terms.append(float(np.dot(q[o, head], params["rel_q"][r])))
+                            terms.append(float(np.dot(k[p, head], params["rel_k"][r])))
+                        if norm:
+                            terms = [_bn(t, params, "similarity_norm", sim_channel(i, head))
+                                     for i, t in enumerate(terms)]
+                            logits[o, p] = sum(terms)
+                        else:
+                            logits[o, p] = sum(terms) / math.sqrt(dk)
+                for o in range(length):
+                    w = np.exp(logits[o] - logits[o].max())
+                    w /= w.sum()
+                    y_v = sum(w[p] * v[p, head] for p in range(length))
+                    ch_v = np.arange(head * dv, (head + 1) * dv)
+                    if pos:
+                        y_r = sum(w[p] * params["rel_v"][row(o, p)] for p in range(length))
+                        ch_r = h * dv + ch_v
+                        if mutation == "swap_out_terms":
+                            ch_v, ch_r = ch_r, ch_v
+                        if norm:
+                            y = _bn(y_v, params, "output_norm", ch_v) + _bn(y_r, params, "output_norm", ch_r)
+                        else:
+                            y = y_v + y_r
+                    else:
+                        y = _bn(y_v, params, "output_norm", ch_v) if norm else y_v
+                    out[b, j, o, head * dv : (head + 1) * dv] = y
+    return out.transpose(0, 2, 1, 3) if axis == "height" else out
+
+
+def _make(axis="height", num_heads=1, key_dim=3, value_dim=5, max_span=16, pos=True, norm=True, **kw):
+    return AxialAttention(axis=axis, num_heads=num_heads, key_dim=key_dim, value_dim=value_dim,
+                          max_span=max_span, use_positional_encoding=pos, use_normalization=norm, **kw)
+
+
+def _ref_kwargs(layer: AxialAttention) -> dict:
+    return dict(axis=layer.axis, num_heads=layer.num_heads, key_dim=layer.key_dim, value_dim=layer.value_dim,
+                max_span=layer.max_span, pos=layer.use_positional_encoding, norm=layer.use_normalization)
+
+
+def _input(shape, seed=0):
+    return np.random.default_rng(seed).normal(0.0, 1.0, shape).astype(np.float32)
+
+
+def _run(layer, x, training=False):
+    return keras.ops.convert_to_numpy(layer(tf.constant(x), training=training))
+
+
+def _built_random_layer(shape, seed=7, **kw):
+    layer = _make(**kw)
+    layer.build(shape)
+    params = randomize_weights(layer, seed)
+    return layer, params
+
+
+# ---------------------------------------------------------------------------------- 1. reference (Eq. 4 + BN)
+@pytest.mark.parametrize("axis", ["height", "width"])
+@pytest.mark.parametrize("num_heads", [1, 3])
+@pytest.mark.parametrize("pos", [True, False], ids=["pos", "nopos"])
+@pytest.mark.parametrize("norm", [True, False], ids=["norm", "nonorm"])
+def test_matches_reference(axis, num_heads, pos, norm):
+    shape = (2, 5, 7, 4)  # non-square, H != W
+    layer, params = _built_random_layer(shape, axis=axis, num_heads=num_heads, pos=pos, norm=norm, max_span=16)
+    x = _input(shape)
+    y = _run(layer, x)
+    assert y.shape == (2, 5, 7, num_heads * 5)
+    np.testing.assert_allclose(y, reference_axial(x, params, **_ref_kwargs(layer)), atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize(
+    "axis,shape,max_span,num_heads,norm",
+    [
+        ("height", (2, 9, 4, 3), 3, 3, True),   # H = 9 > max_span = 3
+        ("width", (1, 3, 10, 4), 4, 2, True),   # W = 10 > max_span = 4
+        ("height", (1, 8, 3, 4), 2, 1, False),  # only 3 table rows
+        ("width", (2, 4, 6, 2), 1, 2, True),    # max_span 1: a single row, no relative information
+    ],
+)
+def test_matches_reference_with_clipping(axis, shape, max_span, num_heads, norm):
+    layer, params = _built_random_layer(shape, axis=axis, num_heads=num_heads, max_span=max_span, norm=norm)
+    assert layer.rel_q.shape == (2 * max_span - 1, 3)
+    assert layer.rel_v.shape == (2 * max_span - 1, 5)
+    x = _input(shape, seed=3)
+    np.testing.assert_allclose(_run(layer, x), reference_axial(x, params, **_ref_kwargs(layer)),
+                               atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("mutation", ["flip_rel", "clip_off_by_one", "head_major_sim", "swap_out_terms"])
+def test_reference_comparison_detects_known_bugs(mutation):
+    """The tolerance of the reference tests is far below the effect of the bugs they are meant to catch."""
+    shape = (1, 9, 3, 4)
+    layer, params = _built_random_layer(shape, axis="height", num_heads=3, max_span=4)
+    x = _input(shape, seed=5)
+    y = _run(layer, x)
+    kwargs = _ref_kwargs(layer)
+    np.testing.assert_allclose(y, reference_axial(x, params, **kwargs), atol=ATOL, rtol=RTOL)
+    wrong = reference_axial(x, params, mutation=mutation, **kwargs)
+    assert np.max(np.abs(y - wrong)) > 100 * ATOL
+
+
+# ------------------------------------------------------------------------------------------ 2. size independence
+@pytest.mark.parametrize("max_span", [256, 20])
+def test_built_size_does_not_matter(max_span):
+    kw = dict(axis="height", num_heads=2, key_dim=4, value_dim=3, max_span=max_span)
+    small = _make(**kw)
+    small(tf.zeros((1, 32, 32, 3)))  # built (and run) at 32x32
+    randomize_weights(small, seed=11)
+    big = _make(**kw)
+    big(tf.zeros((1, 48, 48, 3)))
+    big.set_weights(small.get_weights())
+    x = _input((1, 48, 48, 3), seed=2)
+    y_small, y_big = _run(small, x), _run(big, x)
+    assert y_small.shape == (1, 48, 48, 6)
+    np.testing.assert_array_equal(y_small, y_big)
+    # and the width pass as well, on the same weights
+    small_w, big_w = _make(**{**kw, "axis": "width"}), _make(**{**kw, "axis": "width"})
+    small_w(tf.zeros((1, 32, 32, 3)))
+    big_w(tf.zeros((1, 48, 48, 3)))
+    small_w.set_weights(small.get_weights())
+    big_w.set_weights(small.get_weights())
+    np.testing.assert_array_equal(_run(small_w, x), _run(big_w, x))
+
+
+def test_unknown_spatial_size_in_model_matches_reference():
+    channels = 3
+    inp = keras.Input((None, None, channels))
+    layer = _make(axis="width", num_heads=2, key_dim=3, value_dim=4, max_span=5)
+    model = keras.Model(inp, layer(inp))
+    params = randomize_weights(layer, seed=13)
+    assert model.output_shape == (None, None, None, 8)
+    graph_fn = tf.function(lambda t: model(t, training=False),
+                           input_signature=[tf.TensorSpec((None, None, None, channels), tf.float32)])
+    for i, size in enumerate([(4, 7), (8, 8), (6, 3), (2, 9)]):
+        x = _input((2, *size, channels), seed=20 + i)
+        ref = reference_axial(x, params, **_ref_kwargs(layer))
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x, training=False)), ref, atol=ATOL, rtol=RTOL)
+        np.testing.assert_allclose(model.predict(x, verbose=0), ref, atol=ATOL, rtol=RTOL)
+        np.testing.assert_allclose(graph_fn(tf.constant(x)).numpy(), ref, atol=ATOL, rtol=RTOL)
+
+
+# ---------------------------------------------------------------------------------------- 3. plain attention
+@pytest.mark.parametrize("axis", ["height", "width"])
+@pytest.mark.parametrize("num_heads", [1, 2])
+def test_plain_scaled_dot_product_attention(axis, num_heads):
+    shape = (2, 6, 5, 3)
+    dk, dv = 4, 3
+    layer, params = _built_random_layer(shape, axis=axis, num_heads=num_heads, key_dim=dk, value_dim=dv,
+                                        pos=False, norm=False)
+    assert sorted(_weight_key(w) for w in layer.weights) == ["qkv_bias", "qkv_kernel"]
+    x = _input(shape, seed=9)
+
+    h = num_heads
+    w, bias = params["qkv_kernel"], params["qkv_bias"]
+    wq, wk, wv = w[:, : h * dk], w[:, h * dk : 2 * h * dk], w[:, 2 * h * dk :]
+    bq, bk, bv = bias[: h * dk], bias[h * dk : 2 * h * dk], bias[2 * h * dk :]
+    xs = x.astype(np.float64)
+    if axis == "height":
+        xs = xs.transpose(0, 2, 1, 3)  # [B, W, H, C]: attend along H
+    q = (xs @ wq + bq).reshape(*xs.shape[:3], h, dk)
+    k = (xs @ wk + bk).reshape(*xs.shape[:3], h, dk)
+    v = (xs @ wv + bv).reshape(*xs.shape[:3], h, dv)
+    logits = np.einsum("bjohd,bjphd->bjhop", q, k) / np.sqrt(dk)
+    attn = np.exp(logits - logits.max(-1, keepdims=True))
+    attn /= attn.sum(-1, keepdims=True)
+    expected = np.einsum("bjhop,bjphd->bjohd", attn, v).reshape(*xs.shape[:3], h * dv)
+    if axis == "height":
+        expected = expected.transpose(0, 2, 1, 3)
+    np.testing.assert_allclose(_run(layer, x), expected, atol=ATOL, rtol=RTOL)
+
+
+# --------------------------------------------------------------------------------------- 4. serialisation
+def test_config_round_trip():
+    layer = _make(axis="width", num_heads=2, key_dim=3, value_dim=5, max_span=7, pos=True, norm=False,
+                  kernel_initializer="he_normal", name="aa")
+    x = _input((2, 4, 6, 3), seed=4)
+    layer(tf.constant(x))
+    randomize_weights(layer, seed=17)
+    config = layer.get_config()
+    for key, value in dict(axis="width", num_heads=2, key_dim=3, value_dim=5, max_span=7,
+                           use_positional_encoding=True, use_normalization=False, name="aa").items():
+        assert config[key] == value
+    clone = AxialAttention.from_config(config)
+    assert clone.get_config() == config
+    clone(tf.constant(x))
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_array_equal(_run(clone, x), _run(layer, x))
+    # generic Keras (de)serialisation finds the registered class
+    clone2 = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert isinstance(clone2, AxialAttention) and clone2.get_config() == config
+
+
+def test_keras_save_load(tmp_path):
+    inp = keras.Input((7, 6, 3))
+    a = _make(axis="height", num_heads=2, key_dim=4, value_dim=3, max_span=4)
+    b = _make(axis="width", num_heads=1, key_dim=2, value_dim=5, max_span=3, norm=False)
+    model = keras.Model(inp, b(a(inp)))
+    randomize_weights(a, seed=21)
+    randomize_weights(b, seed=22)
+    path = tmp_path / "axial.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert [type(l).__name__ for l in loaded.layers[1:]] == ["AxialAttention", "AxialAttention"]
+    x = _input((2, 7, 6, 3), seed=6)
+    expected = model.predict(x, verbose=0)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), expected)
+    for w0, w1 in zip(model.weights, loaded.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(w0), keras.ops.convert_to_numpy(w1))
+
+
+# ------------------------------------------------------------------------------------------------- 5. TFLite
+def test_tflite_builtins_only():
+    from ai_edge_litert.interpreter import Interpreter
+
+    inp = keras.Input((16, 12, 4), batch_size=1)
+    a = _make(axis="height", num_heads=2, key_dim=4, value_dim=4, max_span=8)  # 16 > 8: clipping inside
+    b = _make(axis="width", num_heads=2, key_dim=4, value_dim=3, max_span=8)
+    model = keras.Model(inp, b(a(inp)))
+    randomize_weights(a, seed=31)
+    randomize_weights(b, seed=32)
+    x = _input((1, 16, 12, 4), seed=8)
+    expected = keras.ops.convert_to_numpy(model(x, training=False))
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    flatbuffer = converter.convert()
+
+    interpreter = Interpreter(model_content=flatbuffer)
+    runner = interpreter.get_signature_runner()
+    (in_name,) = runner.get_input_details().keys()
+    outputs = runner(**{in_name: x})
+    (got,) = outputs.values()
+    assert got.shape == (1, 16, 12, 6)
+    np.testing.assert_allclose(got, expected, atol=ATOL, rtol=RTOL)
+
+    ranks = {t["name"]: len(t["shape"]) for t in interpreter.get_tensor_details()}
+    assert ranks and max(ranks.values()) <= 5, {n: r for n, r in ranks.items() if r > 5}
+    op_names = [op["op_name"] for op in interpreter._get_ops_details()]
+    assert op_names and not [n for n in op_names if n.upper().startswith("FLEX")], op_names
+
+
+# ---------------------------------------------------------------------------------------------- 6. gradients
+@pytest.mark.parametrize("norm", [True, False], ids=["norm", "nonorm"])
+def test_all_trainable_weights_get_finite_gradients(norm):
+    shape = (2, 6, 5, 3)
+    layer, _ = _built_random_layer(shape, axis="height", num_heads=2, key_dim=3, value_dim=4, max_span=4,
+                                   pos=True, norm=norm)
+    x = tf.constant(_input(shape, seed=12))
+    probe = tf.constant(_input((2, 6, 5, 8), seed=13))
+    before = layer.qkv_norm.moving_mean.numpy().copy() if norm else None
+    with tf.GradientTape() as tape:
+        y = layer(x, training=True)
+        loss = tf.reduce_sum(y * probe)  # a random projection: sum(y) would be blind to BN-normalised paths
+    trainable = layer.trainable_weights
+    assert len(trainable) == (4 + 6 if norm else 5)
+    grads = tape.gradient(loss, trainable)
+    for var, grad in zip(trainable, grads):
+        assert grad is not None, var.path
+        g = keras.ops.convert_to_numpy(grad)
+        assert g.shape == tuple(var.shape)
+        assert np.all(np.isfinite(g)), var.path
+        assert np.any(g != 0), var.path
+    if norm:  # training=True updates the moving statistics
+        assert not np.allclose(layer.qkv_norm.moving_mean.numpy(), before)
+
+
+# ------------------------------------------------------------------------------------------ 7. invalid args
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(axis="depth"),
+        dict(axis=3),
+        dict(num_heads=0),
+        dict(key_dim=0),
+        dict(value_dim=-1),
+        dict(max_span=0),
+    ],
+)
+def test_invalid_arguments(kwargs):
+    with pytest.raises(ValueError):
+        AxialAttention(**kwargs)
+
+
+def test_integer_axis_alias():
+    assert AxialAttention(axis=1).axis == "height"
+    assert AxialAttention(axis=2).axis == "width"
