@@ -1,0 +1,529 @@
+"""Export trained segmentation networks to SavedModel and TFLite (float32 / float16 / int8), and verify them.
+
+Networks take NHWC float32 images and return float32 logits ``[B, H, W, num_classes]`` (several named outputs are
+allowed). Spatial dims may be dynamic in Keras; exports use a caller-given fixed ``input_shape = (H, W, C)``:
+the SavedModel signature is ``[None, H, W, C]``, the TFLite signature ``[1, H, W, C]``.
+
+Every file is written atomically (:mod:`axial_kd_tf.io_utils`), and :func:`export_network` is all-or-nothing: all
+conversions happen in memory first, and files are only renamed onto their final names after every variant has been
+written and verified against the Keras model.
+
+Measured pitfalls on this stack (TF 2.21 / Keras 3.15 / ai-edge-litert 2.3), each handled below:
+
+* ``model.export(format="litert")`` silently enables ``SELECT_TF_OPS`` (Flex), so a model with a non-builtin op
+  "converts" but needs the TF runtime on device. We drive ``tf.lite.TFLiteConverter`` ourselves, builtins only.
+* ``TFLiteConverter.from_concrete_functions`` on a Keras 3 model leaves ``VAR_HANDLE``/``READ_VARIABLE`` ops in
+  the flatbuffer (the Keras variables are not frozen) and the interpreter then fails at invoke. Going through a
+  Keras ``ExportArchive`` SavedModel and ``from_saved_model`` freezes the weights properly.
+* ``tf.lite.Interpreter`` is deprecated; we use ``ai_edge_litert.interpreter.Interpreter`` and read outputs by
+  name through ``get_signature_runner()`` (the raw ``get_output_details()`` order is not the model's order).
+* XNNPACK (applied by the default op resolver) was seen to give wrong int8 results, so models containing int8
+  tensors run with ``OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES`` (reported as ``resolver``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+from ai_edge_litert import schema_py_generated as tfl_schema
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+from axial_kd_tf.errors import UserError
+from axial_kd_tf.io_utils import atomic_path
+
+__all__ = [
+    "VARIANTS",
+    "TFLiteConversionError",
+    "export_saved_model",
+    "convert_tflite",
+    "run_tflite",
+    "verify_tflite",
+    "export_network",
+    "tflite_op_names",
+    "CUSTOM_OP_PREFIX",
+]
+
+VARIANTS = ("float32", "float16", "int8")
+
+#: Name of the single image input in every exported signature.
+INPUT_NAME = "images"
+#: Output key used when the model has a single output.
+DEFAULT_OUTPUT_NAME = "logits"
+#: Signature key of the exported SavedModel / TFLite models.
+SIGNATURE_KEY = "serving_default"
+#: Prefix of non-builtin (custom / Flex) ops in :func:`tflite_op_names`.
+CUSTOM_OP_PREFIX = "CUSTOM:"
+
+_FILE_SUFFIX = {"float32": ".tflite", "float16": "_float16.tflite", "int8": "_int8.tflite"}
+_KERAS_BATCH = 8  # batch size for computing Keras reference outputs
+
+
+class TFLiteConversionError(UserError):
+    """The TFLite converter rejected the model (typically: an op without a TFLite builtin kernel)."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# validation helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _check_variant(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise UserError(f"unknown TFLite variant {variant!r}; valid variants are: {', '.join(VARIANTS)}")
+    return variant
+
+
+def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(d) for d in input_shape)
+    except (TypeError, ValueError):
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise UserError(f"export input_shape must be three positive ints (H, W, C), got {input_shape!r}")
+    return shape  # type: ignore[return-value]
+
+
+def _check_model(model: keras.Model, input_shape: tuple[int, int, int]) -> None:
+    """Build an unbuilt model and check that ``input_shape`` fits the model's declared input."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):  # unbuilt Sequential / subclassed models
+        inputs = None
+    if inputs:
+        if len(inputs) != 1:
+            raise UserError(f"export supports single-input networks only; {model.name!r} has {len(inputs)} inputs")
+        declared = tuple(inputs[0].shape)[1:]
+        if len(declared) != 3 or any(d is not None and d != s for d, s in zip(declared, input_shape)):
+            raise UserError(
+                f"export input_shape {list(input_shape)} does not match the input {list(declared)} of "
+                f"model {model.name!r} (None = any size)"
+            )
+    if not model.built:
+        model(np.zeros((1, *input_shape), np.float32), training=False)
+
+
+def _check_images(images: Any, input_shape: Sequence[int] | None, what: str) -> np.ndarray:
+    arr = np.asarray(images)
+    if arr.ndim != 4 or arr.shape[0] < 1 or (input_shape is not None and tuple(arr.shape[1:]) != tuple(input_shape)):
+        want = f"(N, {', '.join(map(str, input_shape))})" if input_shape is not None else "(N, H, W, C)"
+        raise UserError(f"{what} must be an array of shape {want} with N >= 1, got shape {list(arr.shape)}")
+    return arr.astype(np.float32, copy=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Keras side: named float32 outputs, SavedModel
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _named_outputs(model: keras.Model, outputs: Any) -> dict[str, Any]:
+    """Normalise a model's outputs to ``{name: tensor}``: single output -> "logits", several -> model's names."""
+    if isinstance(outputs, dict):
+        return dict(outputs)
+    if isinstance(outputs, (list, tuple)):
+        if len(outputs) == 1:
+            return {DEFAULT_OUTPUT_NAME: outputs[0]}
+        names = list(getattr(model, "output_names", None) or [])
+        if len(names) != len(outputs) or len(set(names)) != len(names):
+            names = [f"output_{i}" for i in range(len(outputs))]
+        return dict(zip(names, outputs))
+    return {DEFAULT_OUTPUT_NAME: outputs}
+
+
+def _serving_fn(model: keras.Model) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
+    def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        outs = _named_outputs(model, model(images, training=False))
+        # Mixed-precision networks may emit float16; the exported contract is float32 logits.
+        return {k: tf.cast(v, tf.float32) for k, v in outs.items()}
+
+    return serve
+
+
+def _keras_outputs(model: keras.Model, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Reference outputs of the Keras model (inference mode), as float32 numpy arrays keyed like the exports."""
+    serve = _serving_fn(model)
+    chunks: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(images), _KERAS_BATCH):
+        for key, value in serve(tf.constant(images[start : start + _KERAS_BATCH])).items():
+            chunks.setdefault(key, []).append(np.asarray(value, dtype=np.float32))
+    return {k: np.concatenate(v, axis=0) for k, v in chunks.items()}
+
+
+def _write_serving_archive(model: keras.Model, directory: Path, batch_shape: Sequence[int | None]) -> None:
+    """Write a SavedModel with one ``serving_default`` signature ``images -> {name: float32}``.
+
+    Uses Keras' ``ExportArchive`` (which tracks Keras 3 variables as TF variables), not a bare ``tf.Module``: a
+    plain ``tf.function`` over a Keras 3 model converts to TFLite with unfrozen READ_VARIABLE ops that fail at
+    invoke time.
+    """
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        SIGNATURE_KEY,
+        _serving_fn(model),
+        input_signature=[tf.TensorSpec(list(batch_shape), tf.float32, name=INPUT_NAME)],
+    )
+    archive.write_out(str(directory), verbose=False)
+
+
+def export_saved_model(model: keras.Model, path: str | Path, input_shape: tuple[int, int, int]) -> Path:
+    """Export ``model`` as a TF SavedModel directory at ``path`` (atomic: replaced only when complete).
+
+    The ``serving_default`` signature takes ``images: float32[None, H, W, C]`` and returns a dict of float32
+    outputs (``"logits"`` for a single-output model, the model's output names otherwise). Reload with
+    ``tf.saved_model.load(path).signatures["serving_default"](images=x)``.
+    """
+    shape = _check_input_shape(input_shape)
+    _check_model(model, shape)
+    final = Path(path)
+    with atomic_path(final, is_dir=True) as tmp:
+        _write_serving_archive(model, tmp, (None, *shape))
+    return final
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# TFLite conversion
+# ----------------------------------------------------------------------------------------------------------------
+
+_MISSING_OP_RE = re.compile(r"'tf\.(\w+)' op is neither a custom op nor a flex op")
+
+
+def _conversion_error(variant: str, exc: BaseException) -> TFLiteConversionError:
+    text = str(exc)
+    missing = sorted(set(_MISSING_OP_RE.findall(text)))
+    if missing:
+        return TFLiteConversionError(
+            f"TFLite {variant} conversion failed: op(s) {', '.join(missing)} have no TFLite builtin kernel "
+            "(Flex/SELECT_TF_OPS is deliberately disabled so exports run on the plain LiteRT runtime); "
+            "replace them in the network"
+        )
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    return TFLiteConversionError(f"TFLite {variant} conversion failed: {first[:400]}")
+
+
+def convert_tflite(
+    model: keras.Model,
+    input_shape: tuple[int, int, int],
+    variant: str = "float32",
+    calibration_images: np.ndarray | None = None,
+) -> bytes:
+    """Convert ``model`` to a TFLite flatbuffer with the fixed signature ``images: [1, H, W, C]``.
+
+    Variants:
+
+    * ``float32``: builtin ops only.
+    * ``float16``: float16 weights (``Optimize.DEFAULT`` + ``supported_types=[tf.float16]``), float32 I/O.
+    * ``int8``: full-integer quantisation calibrated on ``calibration_images`` (``(N, H, W, C)`` float32,
+      required), ``TFLITE_BUILTINS_INT8`` kernels only, int8 input and output tensors.
+
+    Raises :class:`UserError` for bad arguments and :class:`TFLiteConversionError` (a ``UserError``) when the
+    converter rejects the model, e.g. because an op has no builtin kernel.
+    """
+    _check_variant(variant)
+    shape = _check_input_shape(input_shape)
+    _check_model(model, shape)
+    calib: np.ndarray | None = None
+    if variant == "int8":
+        if calibration_images is None:
+            raise UserError("int8 TFLite export needs calibration_images (N, H, W, C float32 training inputs)")
+        calib = _check_images(calibration_images, shape, "calibration_images")
+
+    with tempfile.TemporaryDirectory(prefix="axial_kd_tflite_") as tmp:
+        sm_dir = Path(tmp) / "saved_model"
+        _write_serving_archive(model, sm_dir, (1, *shape))
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(sm_dir), signature_keys=[SIGNATURE_KEY])
+        # Builtins only, never SELECT_TF_OPS: a non-builtin op must fail here, not on the device.
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if variant == "float16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif variant == "int8":
+            assert calib is not None
+
+            def representative_dataset() -> Iterator[list[np.ndarray]]:
+                for image in calib:
+                    yield [image[None]]
+
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = representative_dataset
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        try:
+            model_bytes = bytes(converter.convert())
+        except Exception as exc:  # ConverterError and friends: one actionable line, original chained
+            raise _conversion_error(variant, exc) from exc
+
+    custom = [op for op in tflite_op_names(model_bytes) if op.startswith(CUSTOM_OP_PREFIX)]
+    if custom:  # belt and braces: the builtins-only op sets should already have refused these
+        raise TFLiteConversionError(f"TFLite {variant} model contains non-builtin op(s): {', '.join(custom)}")
+    return model_bytes
+
+
+def tflite_op_names(model_bytes: bytes) -> list[str]:
+    """Sorted, de-duplicated operator names used by a ``.tflite`` flatbuffer.
+
+    Builtin ops appear by their ``BuiltinOperator`` name (e.g. ``"CONV_2D"``); custom ops, Flex ops included,
+    as ``"CUSTOM:<custom code>"`` (e.g. ``"CUSTOM:FlexFFT2D"``), so a model is builtins-only iff no name starts
+    with :data:`CUSTOM_OP_PREFIX`. Parses the flatbuffer directly (no interpreter), so it also works for models
+    the interpreter could not load.
+    """
+    buf = bytearray(model_bytes)
+    if len(buf) < 8 or not tfl_schema.Model.ModelBufferHasIdentifier(buf, 0):
+        raise UserError("not a TFLite flatbuffer (missing 'TFL3' identifier)")
+    code_names = {v: k for k, v in vars(tfl_schema.BuiltinOperator).items() if not k.startswith("_")}
+    fb_model = tfl_schema.Model.GetRootAs(buf, 0)
+    names: set[str] = set()
+    for i in range(fb_model.OperatorCodesLength()):
+        opcode = fb_model.OperatorCodes(i)
+        # Codes >= 127 live in BuiltinCode(), older ones in DeprecatedBuiltinCode() (see tflite schema_util).
+        code = max(opcode.BuiltinCode(), opcode.DeprecatedBuiltinCode())
+        if code == tfl_schema.BuiltinOperator.CUSTOM:
+            custom = opcode.CustomCode()
+            names.add(CUSTOM_OP_PREFIX + (custom.decode("utf-8", "replace") if custom else ""))
+        else:
+            names.add(code_names.get(code, f"BUILTIN_{code}"))
+    return sorted(names)
+
+
+def _has_int8_tensors(model_bytes: bytes) -> bool:
+    fb_model = tfl_schema.Model.GetRootAs(bytearray(model_bytes), 0)
+    int8 = tfl_schema.TensorType.INT8
+    for s in range(fb_model.SubgraphsLength()):
+        graph = fb_model.Subgraphs(s)
+        if any(graph.Tensors(t).Type() == int8 for t in range(graph.TensorsLength())):
+            return True
+    return False
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# TFLite inference
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _quant_params(details: dict[str, Any]) -> tuple[float, int]:
+    qp = details.get("quantization_parameters", {})
+    scales, zero_points = qp.get("scales", ()), qp.get("zero_points", ())
+    if len(scales) != 1 or len(zero_points) != 1:
+        raise UserError(f"TFLite tensor {details.get('name')!r} is integer but not per-tensor quantised")
+    return float(scales[0]), int(zero_points[0])
+
+
+class _TFLiteRunner:
+    """One LiteRT interpreter + signature runner; quantises inputs and dequantises outputs."""
+
+    def __init__(self, model_bytes_or_path: bytes | str | Path, int8_resolver: bool = True) -> None:
+        if isinstance(model_bytes_or_path, (bytes, bytearray, memoryview)):
+            model_bytes = bytes(model_bytes_or_path)
+        else:
+            path = Path(model_bytes_or_path)
+            if not path.is_file():
+                raise UserError(f"TFLite model file not found: {path}")
+            model_bytes = path.read_bytes()
+        self.size_bytes = len(model_bytes)
+        # XNNPACK (a default delegate) produced wrong int8 results on this stack, so any model with int8 tensors
+        # runs on the plain builtin kernels; float models keep the default resolver (XNNPACK), as on device.
+        if int8_resolver and _has_int8_tensors(model_bytes):
+            resolver = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        else:
+            resolver = OpResolverType.AUTO
+        self.resolver = resolver.name
+        self._interpreter = Interpreter(model_content=model_bytes, experimental_op_resolver_type=resolver)
+        signatures = self._interpreter.get_signature_list()
+        key = SIGNATURE_KEY if SIGNATURE_KEY in signatures else (next(iter(signatures)) if signatures else None)
+        if key is None or (key != SIGNATURE_KEY and len(signatures) != 1):
+            raise UserError(f"TFLite model has no usable signature (found {sorted(signatures)})")
+        self._runner = self._interpreter.get_signature_runner(key)
+        inputs = self._runner.get_input_details()
+        if len(inputs) != 1:
+            raise UserError(f"TFLite model must have exactly one input, found {sorted(inputs)}")
+        self.input_name, self._in = next(iter(inputs.items()))
+        self._out = self._runner.get_output_details()
+        self.output_names = list(self._out)
+        self.input_shape = tuple(int(d) for d in self._in["shape"][1:])
+
+    def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """Run one ``[1, H, W, C]`` float32 image; returns float32 outputs keyed by signature output name."""
+        x = image
+        in_dtype = np.dtype(self._in["dtype"])
+        if np.issubdtype(in_dtype, np.integer):
+            scale, zero_point = _quant_params(self._in)
+            info = np.iinfo(in_dtype)
+            x = np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(in_dtype)
+        else:
+            x = x.astype(in_dtype, copy=False)
+        raw = self._runner(**{self.input_name: x})
+        result = {}
+        for name, value in raw.items():
+            if np.issubdtype(value.dtype, np.integer):
+                scale, zero_point = _quant_params(self._out[name])
+                value = (value.astype(np.float32) - zero_point) * scale
+            result[name] = np.asarray(value, dtype=np.float32)
+        return result
+
+    def run_all(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        images = _check_images(images, self.input_shape, "images")
+        chunks: dict[str, list[np.ndarray]] = {name: [] for name in self.output_names}
+        for i in range(len(images)):  # the signature has a fixed batch of 1
+            for name, value in self(images[i : i + 1]).items():
+                chunks[name].append(value)
+        return {name: np.concatenate(values, axis=0) for name, values in chunks.items()}
+
+
+def run_tflite(
+    model_bytes_or_path: bytes | str | Path,
+    images: np.ndarray,
+    int8_resolver: bool = True,
+    output_name: str | None = None,
+) -> np.ndarray:
+    """Run a TFLite model image by image and return float32 outputs ``[N, H, W, K]``.
+
+    Integer (int8) inputs/outputs are (de)quantised with the tensor's scale and zero point. Outputs are read by
+    name through the signature runner. ``output_name`` picks an output of a multi-output model (default:
+    ``"logits"`` or the only output). With ``int8_resolver`` (default) a model containing int8 tensors runs with
+    ``BUILTIN_WITHOUT_DEFAULT_DELEGATES`` (no XNNPACK); float models always use the default resolver.
+    """
+    runner = _TFLiteRunner(model_bytes_or_path, int8_resolver=int8_resolver)
+    if output_name is None:
+        if DEFAULT_OUTPUT_NAME in runner.output_names:
+            output_name = DEFAULT_OUTPUT_NAME
+        elif len(runner.output_names) == 1:
+            output_name = runner.output_names[0]
+        else:
+            raise UserError(f"TFLite model has several outputs; pass output_name, one of {runner.output_names}")
+    if output_name not in runner.output_names:
+        raise UserError(f"TFLite model has no output {output_name!r}; outputs are {runner.output_names}")
+    return runner.run_all(images)[output_name]
+
+
+def verify_tflite(model: keras.Model, tflite_path: Path, images: np.ndarray, latency_repeats: int = 5) -> dict:
+    """Compare a TFLite model with the Keras model on ``images`` (held-out inputs) and time it.
+
+    Returns ``{"max_abs_diff", "argmax_agreement", "size_bytes", "mean_latency_ms", "num_verify_images",
+    "resolver"}``: the worst max |diff| and the worst per-pixel argmax agreement over all outputs, the file size,
+    the mean single-image latency (single-threaded, after one warm-up call, over ``latency_repeats`` calls; this
+    includes the signature runner's Python overhead), and the op resolver used.
+    """
+    runner = _TFLiteRunner(tflite_path)
+    images = _check_images(images, runner.input_shape, "verify images")
+    got = runner.run_all(images)
+    ref = _keras_outputs(model, images)
+    if sorted(got) != sorted(ref):
+        raise UserError(f"TFLite outputs {sorted(got)} do not match the Keras model outputs {sorted(ref)}")
+    max_abs_diff = 0.0
+    agreement = 1.0
+    for name, expected in ref.items():
+        actual = got[name]
+        if actual.shape != expected.shape:
+            raise UserError(f"TFLite output {name!r} has shape {list(actual.shape)}, Keras {list(expected.shape)}")
+        max_abs_diff = max(max_abs_diff, float(np.max(np.abs(actual - expected))))
+        agreement = min(agreement, float(np.mean(np.argmax(actual, -1) == np.argmax(expected, -1))))
+
+    first = images[:1]
+    runner(first)  # warm-up: first invoke allocates / packs weights
+    repeats = max(1, int(latency_repeats))
+    start = time.perf_counter()
+    for _ in range(repeats):
+        runner(first)
+    latency_ms = (time.perf_counter() - start) * 1000.0 / repeats
+    return {
+        "max_abs_diff": max_abs_diff,
+        "argmax_agreement": agreement,
+        "size_bytes": int(Path(tflite_path).stat().st_size),
+        "mean_latency_ms": float(latency_ms),
+        "num_verify_images": int(len(images)),
+        "resolver": runner.resolver,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# end-to-end export
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def export_network(
+    model: keras.Model,
+    out_dir: str | Path,
+    input_shape: tuple[int, int, int],
+    name: str = "student",
+    variants: Sequence[str] = ("float32",),
+    calibration_images: np.ndarray | None = None,
+    verify_images: np.ndarray | None = None,
+    saved_model: bool = True,
+    progress: Callable[[str], None] | None = print,
+) -> dict:
+    """Export ``model`` to ``out_dir`` and verify every TFLite variant against the Keras model.
+
+    Writes ``<name>_saved_model/`` (if ``saved_model``), ``<name>.tflite`` (float32), ``<name>_float16.tflite``,
+    ``<name>_int8.tflite`` (as requested). All-or-nothing: conversions run in memory first, then every output is
+    written to a temporary sibling, verified, and only renamed onto its final name once all succeeded.
+
+    ``verify_images`` should be held-out inputs ``(N, H, W, C)``; if ``None``, 4 seeded uniform [0, 1) images
+    are used (reported as ``"verify_source": "synthetic"``), which only checks numerical agreement.
+
+    Returns ``{"name", "input_shape", "saved_model": path or None, "variants": {variant: {"path", **verify}},
+    "ops": sorted op names of the float32 model, "verify_source"}``.
+    """
+    say = progress or (lambda _msg: None)
+    requested = list(dict.fromkeys(variants))  # de-duplicate, keep order
+    if not requested and not saved_model:
+        raise UserError(f"nothing to export: give at least one variant of {', '.join(VARIANTS)} or saved_model=True")
+    for variant in requested:
+        _check_variant(variant)
+    if not name or any(sep in name for sep in ("/", "\\")) or name.startswith("."):
+        raise UserError(f"export name must be a plain file-name stem, got {name!r}")
+    shape = _check_input_shape(input_shape)
+    _check_model(model, shape)
+    if verify_images is None:
+        verify = np.random.default_rng(0).random((4, *shape), dtype=np.float32)
+        verify_source = "synthetic"
+        say("[export] no verify_images given: verifying on 4 synthetic images (numerical agreement only)")
+    else:
+        verify = _check_images(verify_images, shape, "verify_images")
+        verify_source = "provided"
+    out = Path(out_dir)
+
+    # 1) Convert everything in memory: a failing conversion must not touch out_dir.
+    blobs: dict[str, bytes] = {}
+    for variant in requested:
+        say(f"[export] converting {name} -> TFLite {variant} at {list(shape)}")
+        blobs[variant] = convert_tflite(model, shape, variant, calibration_images)
+    ops: list[str] = []
+    if requested:  # the op list always describes the float32 model (comparable between networks)
+        ops = tflite_op_names(blobs.get("float32") or convert_tflite(model, shape, "float32"))
+
+    # 2) Write to temporary siblings and verify; ExitStack renames them all on success, deletes them on failure.
+    report: dict[str, Any] = {
+        "name": name,
+        "input_shape": list(shape),
+        "saved_model": None,
+        "variants": {},
+        "ops": ops,
+        "verify_source": verify_source,
+    }
+    with contextlib.ExitStack() as stack:
+        if saved_model:
+            sm_final = out / f"{name}_saved_model"
+            say(f"[export] writing SavedModel {sm_final}")
+            sm_tmp = stack.enter_context(atomic_path(sm_final, is_dir=True))
+            _write_serving_archive(model, sm_tmp, (None, *shape))
+            report["saved_model"] = str(sm_final)
+        for variant in requested:
+            final = out / f"{name}{_FILE_SUFFIX[variant]}"
+            tmp = stack.enter_context(atomic_path(final))
+            tmp.write_bytes(blobs[variant])
+            result = verify_tflite(model, tmp, verify)
+            report["variants"][variant] = {"path": str(final), **result}
+            say(
+                f"[export] {final.name}: {result['size_bytes']} bytes, max|diff| {result['max_abs_diff']:.3g}, "
+                f"argmax agreement {result['argmax_agreement']:.4f}, {result['mean_latency_ms']:.3f} ms/image "
+                f"({result['resolver']}, 1 thread)"
+            )
+    return report
