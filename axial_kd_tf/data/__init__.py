@@ -1,0 +1,72 @@
+"""Datasets behind the YAML ``data:`` section, delivered as a :class:`DataBundle` of tf.data pipelines and arrays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from axial_kd_tf.config import Config
+from axial_kd_tf.errors import UserError
+
+
+@dataclass
+class DataBundle:
+    """Everything training and evaluation need from a dataset."""
+
+    class_names: tuple[str, ...]
+    in_channels: int
+    train_images: np.ndarray
+    train_masks: np.ndarray
+    splits: dict  # split name -> (images [N,H,W,C] float32, masks [N,H,W] uint8), evaluation splits
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        if name == "train":
+            return self.train_images, self.train_masks
+        if name not in self.splits:
+            raise UserError(f"split '{name}' is not available; choose one of: train, {', '.join(self.splits)}")
+        return self.splits[name]
+
+    def train_dataset(self, batch_size: int, seed: int, crop_size: Optional[int], augment: bool) -> tf.data.Dataset:
+        from axial_kd_tf.data.pipeline import build_dataset
+
+        if batch_size > len(self.train_images):
+            raise UserError(
+                f"train.batch_size ({batch_size}) is larger than the training set ({len(self.train_images)} images)"
+            )
+        return build_dataset(
+            self.train_images, self.train_masks, batch_size, training=True, seed=seed, crop_size=crop_size,
+            augment=augment, repeat=True,
+        )
+
+    def eval_dataset(self, name: str, batch_size: int) -> tf.data.Dataset:
+        from axial_kd_tf.data.pipeline import build_dataset
+
+        images, masks = self.split(name)
+        return build_dataset(images, masks, batch_size, training=False)
+
+
+def load_data(cfg: Config) -> DataBundle:
+    """Load the dataset named by ``cfg.data.dataset``."""
+    d = cfg.data
+    if d.dataset == "synthetic":
+        from axial_kd_tf.data import synthetic
+
+        def split(name: str, num: int) -> tuple[np.ndarray, np.ndarray]:
+            return synthetic.load_split(name, num, d.image_size, d.seed, cache_dir=d.cache_dir)
+
+        train = split("train", d.train_samples)
+        return DataBundle(
+            class_names=tuple(synthetic.CLASS_NAMES),
+            in_channels=1,
+            train_images=train[0],
+            train_masks=train[1],
+            splits={"val": split("val", d.val_samples), "test": split("test", d.test_samples)},
+        )
+    raise UserError(f"unknown data.dataset '{d.dataset}'")  # unreachable: the config validates the literal
