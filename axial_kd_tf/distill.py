@@ -165,6 +165,8 @@ class DistillationTrainer(keras.Model):
         self.teacher_iou = (
             ConfusionMatrixIoU(prefix="teacher_", name="teacher_iou", **iou_kwargs) if self.has_teacher else None
         )
+        # The wrapped functional network is built already; BackupAndRestore and save_weights need a built model.
+        self.built = True
 
     def call(self, inputs: Any, training: bool | None = None) -> dict:
         return self.network(inputs, training=training)

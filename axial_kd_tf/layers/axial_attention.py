@@ -122,12 +122,42 @@ class AxialAttention(keras.layers.Layer):
         self.built = True
 
     # ------------------------------------------------------------------ call
-    def _relative_index(self, length: Any) -> Any:
-        """``idx[o, p] = clip(p − o, ±(max_span − 1)) + max_span − 1``, an ``[L, L]`` int32 table index."""
-        pos = ops.arange(length, dtype="int32")
-        rel = ops.expand_dims(pos, 0) - ops.expand_dims(pos, 1)  # [o, p] -> p - o
-        rel = ops.clip(rel, -(self.max_span - 1), self.max_span - 1)
-        return rel + (self.max_span - 1)
+    def _relative_table(self, table: Any, length: Any, reverse: bool = False) -> Any:
+        """Rows ``r^{d}`` for the ``2L − 1`` distances ``d = −(L−1) … L−1`` (clipped to ±(max_span − 1)).
+
+        With ``reverse`` the rows run from ``d = L−1`` down to ``−(L−1)``.
+        """
+        d = ops.arange(-(length - 1), length, dtype="int32")
+        if reverse:
+            d = -d
+        d = ops.clip(d, -(self.max_span - 1), self.max_span - 1) + (self.max_span - 1)
+        return ops.take(table, d, axis=0)
+
+    @staticmethod
+    def _rel_to_abs(x: Any, length: Any) -> Any:
+        """``[M, L, 2L−1]`` indexed by (o, d + L − 1) → ``[M, L, L]`` indexed by (o, p = o + d).
+
+        The "skew" of Music Transformer / Transformer-XL: pad one column, flatten, drop ``L − 1`` leading entries and
+        re-read rows of width ``2L − 1``; row ``o`` then starts ``o`` entries later. Reshapes, pads and slices only
+        (no gather over an ``L × L`` index), at most 3-D.
+        """
+        m = ops.shape(x)[0]
+        flat = ops.reshape(ops.pad(x, ((0, 0), (0, 0), (0, 1))), (m, -1))  # [M, 2L²]
+        flat = flat[:, length - 1 : length - 1 + length * (2 * length - 1)]
+        return ops.reshape(flat, (m, length, 2 * length - 1))[:, :, :length]
+
+    @staticmethod
+    def _abs_to_rel(x: Any, length: Any) -> Any:
+        """``[M, L, L]`` indexed by (o, p) → ``[M, L, 2L−1]`` indexed by (o, d + L − 1) with ``d = p − o`` (zero-filled).
+
+        The inverse skew: pad each row to ``3L − 2``, then re-read the flat buffer with row stride ``3L − 1``.
+        """
+        m = ops.shape(x)[0]
+        padded = ops.pad(x, ((0, 0), (0, 0), (length - 1, length - 1)))  # [M, L, 3L−2]
+        flat = ops.reshape(padded, (m, -1))
+        flat = ops.pad(flat, ((0, 0), (0, length)))
+        skewed = ops.reshape(flat, (m, length, 3 * length - 1))
+        return skewed[:, :, : 2 * length - 1]
 
     def call(self, inputs: Any, training: bool | None = None) -> Any:
         x = inputs
@@ -153,15 +183,19 @@ class AxialAttention(keras.layers.Layer):
         v = ops.reshape(qkv[..., 2 * h * dk :], (-1, length, h, dv))
 
         qk = ops.einsum("nohd,nphd->nhop", q, k)  # [N, h, L, L]
+        terms = [qk]
         if self.use_positional_encoding:
-            idx = self._relative_index(length)
-            r_q = ops.take(self.rel_q, idx, axis=0)  # [L, L, dk], r_q[o, p] = r^q_{p-o}
-            r_k = ops.take(self.rel_k, idx, axis=0)
-            qr = ops.einsum("nohd,opd->nhop", q, r_q)
-            kr = ops.einsum("nphd,opd->nhop", k, r_k)
-            terms = [qk, qr, kr]
-        else:
-            terms = [qk]
+            # q_o·r^q_{p−o}: one GEMM against the 2L−1 distance rows, then relative → absolute positions.
+            e_q = self._relative_table(self.rel_q, length)  # [2L−1, dk]
+            qr = ops.einsum("nohd,rd->nhor", q, e_q)
+            qr = ops.reshape(self._rel_to_abs(ops.reshape(qr, (-1, length, 2 * length - 1)), length),
+                             (-1, h, length, length))
+            # k_p·r^k_{p−o}: rows in reversed distance order give [p, o]; transpose to [o, p].
+            e_k = self._relative_table(self.rel_k, length, reverse=True)
+            kr = ops.einsum("nphd,rd->nhpr", k, e_k)
+            kr = ops.reshape(self._rel_to_abs(ops.reshape(kr, (-1, length, 2 * length - 1)), length),
+                             (-1, h, length, length))
+            terms += [qr, ops.transpose(kr, (0, 1, 3, 2))]
 
         if self.use_normalization:
             stacked = ops.concatenate(terms, axis=1) if len(terms) > 1 else qk  # [N, T·h, L, L]
@@ -181,8 +215,11 @@ class AxialAttention(keras.layers.Layer):
         out = ops.einsum("nhop,nphd->nohd", attn, v)  # [N, L, h, dv]
         out = ops.reshape(out, (-1, length, h * dv))
         if self.use_positional_encoding:
-            r_v = ops.take(self.rel_v, idx, axis=0)  # [L, L, dv]
-            out_r = ops.einsum("nhop,opd->nohd", attn, r_v)
+            # Σ_p a_op r^v_{p−o}: absolute → relative attention weights, then one GEMM with the distance rows.
+            e_v = self._relative_table(self.rel_v, length)  # [2L−1, dv]
+            a_rel = ops.reshape(self._abs_to_rel(ops.reshape(attn, (-1, length, length)), length),
+                                (-1, h, length, 2 * length - 1))
+            out_r = ops.einsum("nhor,rd->nohd", a_rel, e_v)
             out_r = ops.reshape(out_r, (-1, length, h * dv))
             if self.use_normalization:
                 both = self.output_norm(ops.concatenate([out, out_r], axis=-1), training=training)

@@ -1,0 +1,169 @@
+"""Command-line entry points: ``train.py``, ``evaluate.py`` and ``python -m axial_kd_tf.export``.
+
+Every user error (bad config key, missing file, wrong shape) prints one line ``error: ...`` and exits with code 2,
+without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the console
+
+from axial_kd_tf.errors import UserError  # noqa: E402
+
+
+def _guard(main: Callable[[Optional[Sequence[str]]], int]) -> Callable[[Optional[Sequence[str]]], int]:
+    def wrapped(argv: Optional[Sequence[str]] = None) -> int:
+        try:
+            return main(argv)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted: rerun the same command with --resume to continue", file=sys.stderr)
+            return 130
+
+    wrapped.__name__ = main.__name__
+    return wrapped
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits with 2 too; keep it to one line
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+# ---------------------------------------------------------------------------------------------------------- train
+@_guard
+def train_main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = _Parser(prog="train.py", description="Train a segmentation network with Axial-Attention self-distillation.")
+    parser.add_argument("--config", required=True, help="YAML config path, or a name under configs/ (e.g. quickstart)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+    parser.add_argument("--run-dir", help="output folder (default: runs/<name>-<timestamp>)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --run-dir")
+    args = parser.parse_args(argv)
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite are mutually exclusive")
+    if args.resume and not args.run_dir:
+        raise UserError("--resume needs --run-dir pointing at the interrupted run")
+
+    from axial_kd_tf.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = Path(args.run_dir or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+    from axial_kd_tf.training import train
+
+    train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite)
+    print(f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
+    print(f"Evaluate:    python evaluate.py --run {run_dir}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------- evaluate
+@_guard
+def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = _Parser(prog="evaluate.py", description="Per-class IoU / mIoU of a run or a saved model, with overlays.")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="a run directory written by train.py")
+    src.add_argument("--model", help="a .keras file, SavedModel folder or .tflite file")
+    parser.add_argument("--config", help="config of the data (needed with --model outside a run directory)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--out", help="output folder (default: <run>/eval, or eval-<model name> beside the model)")
+    parser.add_argument("--overlays", type=int, default=4, help="number of overlay PNGs to write")
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args(argv)
+
+    from axial_kd_tf.config import load_config
+    from axial_kd_tf.data import load_data
+    from axial_kd_tf.evaluation import evaluate_split, load_predictor, metrics_payload, table_rows, tiled
+    from axial_kd_tf.io_utils import atomic_write_json, atomic_write_text
+    from axial_kd_tf.reporting import format_iou_table, format_iou_table_text
+    from axial_kd_tf.training import load_run_config
+    from axial_kd_tf.visualize import overlay_panel, write_png
+
+    model_path = Path(args.run or args.model)
+    if args.config:
+        cfg = load_config(args.config, args.overrides)
+    else:
+        run_dir = _find_run_dir(model_path)
+        if run_dir is None:
+            raise UserError(f"'{model_path}' is not inside a run directory; pass --config to say which data to use")
+        cfg = load_run_config(run_dir)
+        if args.overrides:
+            from axial_kd_tf.config import apply_override, config_from_dict
+
+            raw = cfg.to_dict()
+            for o in args.overrides:
+                apply_override(raw, o)
+            cfg = config_from_dict(raw)
+    out_dir = Path(args.out) if args.out else (
+        model_path / "eval" if args.run else model_path.parent / f"eval-{model_path.name.replace('.', '_')}"
+    )
+    predictor, fixed = load_predictor(model_path)
+    if fixed:
+        predictor = tiled(predictor, fixed)
+    data = load_data(cfg)
+    images, masks = data.split(args.split)
+    print(f"[eval] {model_path} on {args.split} ({len(images)} images)")
+    cms = evaluate_split(predictor, images, masks, data.num_classes, args.batch_size,
+                         ignore_index=cfg.distill.ignore_index, keep_predictions=args.overlays)
+    payload = metrics_payload(cms, data.class_names, split=args.split)
+    payload["model"] = str(model_path)
+    rows = table_rows(payload)
+    print(format_iou_table_text(rows, data.class_names))
+    atomic_write_json(out_dir / "metrics.json", payload)
+    atomic_write_text(out_dir / "table.md", f"# IoU (%) on the {args.split} split\n\nModel: `{model_path}`\n\n"
+                      f"{format_iou_table(rows, data.class_names)}\n")
+    preds = cms.get("_predictions", {})
+    for i in range(min(args.overlays, len(images))):
+        panel = overlay_panel(images[i], masks[i], {k: v[i] for k, v in preds.items()}, data.class_names)
+        write_png(out_dir / "overlays" / f"{args.split}_{i:03d}.png", panel)
+    print(f"[eval] wrote {out_dir}/metrics.json, table.md and {min(args.overlays, len(images))} overlays")
+    return 0
+
+
+def _find_run_dir(path: Path) -> Optional[Path]:
+    for candidate in (path, path.parent, path.parent.parent):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------- export
+@_guard
+def export_main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = _Parser(prog="python -m axial_kd_tf.export", description="Export a run's student (and teacher).")
+    parser.add_argument("--run", required=True, help="a run directory written by train.py")
+    parser.add_argument("--variants", nargs="+", choices=("float32", "float16", "int8"),
+                        help="TFLite variants (default: the run's export.variants)")
+    parser.add_argument("--teacher", action="store_true", help="also export the teacher")
+    parser.add_argument("--input-size", type=int, help="fixed export input size (default: training crop)")
+    args = parser.parse_args(argv)
+
+    from axial_kd_tf.config import config_from_dict
+    from axial_kd_tf.training import export_run, load_run_config
+
+    cfg = load_run_config(Path(args.run))
+    raw = cfg.to_dict()
+    if args.variants:
+        raw["export"]["variants"] = list(args.variants)
+    if args.teacher:
+        raw["export"]["teacher"] = True
+    if args.input_size:
+        raw["export"]["input_size"] = args.input_size
+    report = export_run(args.run, config_from_dict(raw))
+    for net, rep in report["networks"].items():
+        for variant, v in rep["variants"].items():
+            print(f"{net:8s} {variant:8s} size {v['size_bytes'] / 1e6:7.2f} MB  max|diff| {v['max_abs_diff']:.2e}  "
+                  f"argmax agreement {v['argmax_agreement'] * 100:6.2f}%  latency {v['mean_latency_ms']:.1f} ms")
+    return 0

@@ -1,0 +1,57 @@
+"""Training curves as PNG (matplotlib, headless Agg backend)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+from axial_kd_tf.io_utils import atomic_write_bytes
+
+# Panels: (title, [column prefixes]); train and val_ variants are drawn together.
+_PANELS = (
+    ("loss terms", ("loss", "student_ce", "teacher_ce", "distill_mse")),
+    ("mIoU", ("student_miou", "teacher_miou")),
+    ("learning rate", ("learning_rate",)),
+)
+
+
+def read_history(path: str | Path) -> dict[str, list[float]]:
+    """Read a Keras ``CSVLogger`` file into ``{column: [values per epoch]}``."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns: dict[str, list[float]] = {}
+    for row in rows:
+        for key, value in row.items():
+            try:
+                columns.setdefault(key, []).append(float(value))
+            except (TypeError, ValueError):
+                columns.setdefault(key, []).append(math.nan)
+    return columns
+
+
+def plot_history(history_csv: str | Path, out_png: str | Path) -> Path:
+    """Plot loss terms, student/teacher mIoU (train and validation) and the learning rate per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hist = read_history(history_csv)
+    epochs = [int(e) + 1 for e in hist.get("epoch", [])]
+    panels = [(t, [c for p in cols for c in (p, f"val_{p}") if c in hist]) for t, cols in _PANELS]
+    panels = [(t, cols) for t, cols in panels if cols]
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5 * max(len(panels), 1), 3.6), squeeze=False)
+    for ax, (title, cols) in zip(axes[0], panels):
+        for col in cols:
+            ax.plot(epochs, hist[col], marker="o", ms=3, ls="--" if col.startswith("val_") else "-", label=col)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return atomic_write_bytes(out_png, buf.getvalue())

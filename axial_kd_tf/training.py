@@ -1,0 +1,426 @@
+"""One training run, end to end: config → data → model → fit → best checkpoint → metrics → export.
+
+A run directory holds::
+
+    config.yaml               the resolved configuration
+    checkpoints/              best.weights.h5 (best student val mIoU), last.weights.h5, best.json
+    backup/                   BackupAndRestore state while training (removed when training completes)
+    tensorboard/              scalars (loss terms, mIoU, per-class IoU, learning rate) and image panels
+    history.csv, curves.png   per-epoch logs and their plot
+    model.keras               the two-output functional network (student + teacher), best epoch
+    student.keras             the plain student network, best epoch
+    metrics.json, metrics.md  validation per-class IoU and mIoU of student and teacher
+    export/                   student_saved_model/, student.tflite (+ variants), export_report.json
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from axial_kd_tf.config import Config, config_from_dict, dump_config
+from axial_kd_tf.data import DataBundle, load_data
+from axial_kd_tf.distill import (
+    STUDENT,
+    TEACHER,
+    DistillationTrainer,
+    build_distillation_model,
+    student_network,
+    teacher_network,
+)
+from axial_kd_tf.errors import UserError
+from axial_kd_tf.io_utils import atomic_write_json, atomic_write_text
+
+Progress = Callable[[str], None]
+BEST_MONITOR = "val_student_miou"
+
+
+# ---------------------------------------------------------------------------------------------------- building
+def build_student_from_config(cfg: Config, num_classes: int, in_channels: int) -> keras.Model:
+    """The segmentation network named by the ``model:`` section (logits output)."""
+    m = cfg.model
+    if m.library == "native":
+        from axial_kd_tf.models import build_network
+
+        return build_network(
+            m.arch, encoder=m.encoder, num_classes=num_classes, in_channels=in_channels,
+            encoder_weights=m.encoder_weights, **m.options,
+        )
+    from axial_kd_tf.models.sm_library import build_sm_network
+
+    return build_sm_network(
+        m.arch, encoder=m.encoder, num_classes=num_classes, in_channels=in_channels,
+        encoder_weights=m.encoder_weights, **m.options,
+    )
+
+
+def teacher_kwargs(cfg: Config) -> dict:
+    t = cfg.teacher
+    return dict(
+        hidden_dim=t.hidden_dim, num_heads=t.num_heads, key_dim=t.key_dim, max_span=t.max_span,
+        use_positional_encoding=t.positional_encoding, use_normalization=t.normalization, pool_size=t.pool_size,
+    )
+
+
+def build_model_from_config(cfg: Config, num_classes: int, in_channels: int) -> keras.Model:
+    """The two-output (distillation) or student-only (baseline) functional model."""
+    network = build_student_from_config(cfg, num_classes, in_channels)
+    return build_distillation_model(
+        network, num_classes, with_teacher=cfg.distill.enabled, teacher_kwargs=teacher_kwargs(cfg),
+    )
+
+
+def make_trainer(cfg: Config, model: keras.Model, class_names: tuple[str, ...]) -> DistillationTrainer:
+    d = cfg.distill
+    if d.class_weights is not None and len(d.class_weights) != len(class_names):
+        raise UserError(
+            f"config key 'distill.class_weights' has {len(d.class_weights)} entries; the dataset has "
+            f"{len(class_names)} classes ({', '.join(class_names)})"
+        )
+    return DistillationTrainer(
+        model, num_classes=len(class_names), class_names=class_names, student_weight=d.student_weight,
+        teacher_weight=d.teacher_weight, distill_weight=d.distill_weight, target=d.target,
+        stop_gradient_teacher=d.stop_gradient_teacher, ignore_index=d.ignore_index, class_weights=d.class_weights,
+        name="trainer",
+    )
+
+
+def make_optimizer(cfg: Config, total_steps: int) -> keras.optimizers.Optimizer:
+    t = cfg.train
+    lr: Any = t.learning_rate
+    if t.lr_schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(t.learning_rate, decay_steps=max(total_steps, 1), alpha=0.01)
+    elif t.lr_schedule == "poly":
+        lr = keras.optimizers.schedules.PolynomialDecay(
+            t.learning_rate, decay_steps=max(total_steps, 1), end_learning_rate=0.0, power=0.9
+        )
+    if t.optimizer == "adam":
+        return keras.optimizers.Adam(lr)
+    if t.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=t.weight_decay)
+    return keras.optimizers.SGD(lr, momentum=0.9, weight_decay=t.weight_decay or None)
+
+
+def steps_per_epoch(cfg: Config, num_train: int) -> int:
+    return cfg.train.steps_per_epoch or max(1, math.ceil(num_train / cfg.train.batch_size))
+
+
+def export_input_size(cfg: Config) -> int:
+    return cfg.export.input_size or cfg.data.crop_size or cfg.data.image_size
+
+
+def center_crop(images: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop (or reflect-pad) ``[N, H, W, C]`` images to ``size``², for fixed-shape export inputs."""
+    n, h, w = images.shape[:3]
+    if h < size or w < size:
+        ph, pw = max(size - h, 0), max(size - w, 0)
+        images = np.pad(images, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), mode="reflect")
+        n, h, w = images.shape[:3]
+    top, left = (h - size) // 2, (w - size) // 2
+    return np.ascontiguousarray(images[:, top : top + size, left : left + size])
+
+
+# ------------------------------------------------------------------------------------------------- run folder
+def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, overwrite: bool) -> bool:
+    """Create or reopen ``run_dir``. Returns True when resuming an interrupted run.
+
+    An existing run directory is never overwritten silently: it needs ``--overwrite`` (start afresh) or ``--resume``
+    (continue an interrupted run with the same configuration).
+    """
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if overwrite:
+            shutil.rmtree(run_dir)
+        elif resume:
+            saved = run_dir / "config.yaml"
+            if not saved.is_file():
+                raise UserError(f"cannot resume '{run_dir}': it has no config.yaml; use another --run-dir")
+            import yaml
+
+            previous = config_from_dict(yaml.safe_load(saved.read_text()))
+            if previous.to_dict() != cfg.to_dict():
+                diff = _first_difference(previous.to_dict(), cfg.to_dict())
+                raise UserError(
+                    f"cannot resume '{run_dir}': config differs from its config.yaml at '{diff}'; "
+                    "resume with the same config or use another --run-dir"
+                )
+            if (run_dir / "metrics.json").is_file():
+                raise UserError(f"run '{run_dir}' is already complete (metrics.json exists); use another --run-dir")
+            return True
+        else:
+            raise UserError(
+                f"run directory '{run_dir}' already exists; pass --resume to continue it, --overwrite to replace it, "
+                "or choose another --run-dir"
+            )
+    elif resume:
+        raise UserError(f"cannot resume '{run_dir}': it does not exist")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    return False
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+    return prefix.rstrip(".")
+
+
+# -------------------------------------------------------------------------------------------------- callbacks
+class ImagePanelCallback(keras.callbacks.Callback):
+    """Every ``every`` epochs, write input | ground truth | student | teacher panels to TensorBoard."""
+
+    def __init__(self, log_dir: Path, images: np.ndarray, masks: np.ndarray, class_names: tuple[str, ...],
+                 every: int = 1) -> None:
+        super().__init__()
+        self.images, self.masks, self.class_names, self.every = images, masks, class_names, every
+        self.writer = tf.summary.create_file_writer(str(log_dir))
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        if (epoch + 1) % self.every and epoch != self.params.get("epochs", 0) - 1:
+            return
+        from axial_kd_tf.visualize import overlay_panel
+
+        outputs = self.model.predict_on_batch(self.images)
+        panels = []
+        for i in range(len(self.images)):
+            preds = {name: np.argmax(np.asarray(outputs[name][i]), -1) for name in (STUDENT, TEACHER) if name in outputs}
+            panels.append(overlay_panel(self.images[i], self.masks[i], preds, self.class_names))
+        with self.writer.as_default():
+            tf.summary.image("val_panels/input_gt_student_teacher", np.stack(panels), step=epoch,
+                             max_outputs=len(panels))
+        self.writer.flush()
+
+
+class BestStateCallback(keras.callbacks.Callback):
+    """Records the best epoch and its monitored value in ``checkpoints/best.json`` (survives a resume)."""
+
+    def __init__(self, path: Path, checkpoint: keras.callbacks.ModelCheckpoint) -> None:
+        super().__init__()
+        self.path, self.checkpoint = path, checkpoint
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        value = (logs or {}).get(BEST_MONITOR)
+        if value is None:
+            return
+        state = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        if not state or float(value) > state["value"]:
+            atomic_write_json(self.path, {"epoch": epoch + 1, "monitor": BEST_MONITOR, "value": float(value)})
+
+
+class InterruptAfterEpoch(keras.callbacks.Callback):
+    """Test helper and crash simulator: raise KeyboardInterrupt after epoch ``n`` (1-based) ends."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        if epoch + 1 == self.n:
+            raise KeyboardInterrupt(f"simulated interruption after epoch {self.n}")
+
+
+# ----------------------------------------------------------------------------------------------------- train
+def train(
+    cfg: Config,
+    run_dir: str | os.PathLike,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Progress = print,
+    extra_callbacks: tuple = (),
+) -> dict:
+    """Train ``cfg`` into ``run_dir`` and return the metrics written to ``metrics.json``."""
+    run_dir = Path(run_dir)
+    t0 = time.time()
+    resuming = prepare_run_dir(run_dir, cfg, resume, overwrite)
+    previous_policy = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
+    try:
+        keras.utils.set_random_seed(cfg.train.seed)
+        progress(f"[data] loading '{cfg.data.dataset}'")
+        data = load_data(cfg)
+        model = build_model_from_config(cfg, data.num_classes, data.in_channels)
+        trainer = make_trainer(cfg, model, data.class_names)
+        spe = steps_per_epoch(cfg, len(data.train_images))
+        trainer.compile(optimizer=make_optimizer(cfg, spe * cfg.train.epochs), jit_compile=cfg.train.jit_compile)
+        n_student = student_network(model).count_params()
+        progress(
+            f"[model] {cfg.model.arch}: {n_student:,} student params, {model.count_params() - n_student:,} teacher params"
+            f" ({'distillation' if cfg.distill.enabled else 'baseline'} mode, {cfg.train.mixed_precision})"
+        )
+        callbacks = _callbacks(cfg, run_dir, data, resuming) + list(extra_callbacks)
+        train_ds = data.train_dataset(cfg.train.batch_size, cfg.data.seed, cfg.data.crop_size, cfg.data.augment)
+        val_ds = data.eval_dataset("val", cfg.train.batch_size)
+        progress(f"[train] {cfg.train.epochs} epochs × {spe} steps, run dir {run_dir}")
+        trainer.fit(
+            train_ds, epochs=cfg.train.epochs, steps_per_epoch=spe, validation_data=val_ds,
+            callbacks=callbacks, verbose=cfg.logging.verbose, shuffle=False,  # tf.data shuffles
+        )
+        train_time = time.time() - t0
+        best_path = run_dir / "checkpoints" / "best.weights.h5"
+        if best_path.is_file():
+            trainer.load_weights(best_path)
+        best = json.loads((run_dir / "checkpoints" / "best.json").read_text())
+        _save_models(run_dir, model)
+        _write_curves(run_dir)
+        from axial_kd_tf.evaluation import evaluate_split, metrics_payload
+
+        images, masks = data.split("val")
+        cms = evaluate_split(KerasPredictor(model), images, masks, data.num_classes, cfg.train.batch_size)
+        metrics = metrics_payload(cms, data.class_names, split="val")
+        metrics.update(
+            best_epoch=best["epoch"], epochs=cfg.train.epochs, mode="distillation" if cfg.distill.enabled else "baseline",
+            train_wall_time_s=round(train_time, 1), student_params=n_student,
+            teacher_params=model.count_params() - n_student,
+        )
+        if cfg.export.enabled:
+            export_run(run_dir, cfg, model=model, data=data, progress=progress)
+        metrics["total_wall_time_s"] = round(time.time() - t0, 1)
+        _write_metrics(run_dir, metrics, data.class_names)
+        progress(f"[done] {run_dir} in {metrics['total_wall_time_s']:.0f}s: " + ", ".join(
+            f"{k} mIoU {v['miou'] * 100:.2f}" for k, v in metrics["outputs"].items() if v["miou"] is not None))
+        return metrics
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _callbacks(cfg: Config, run_dir: Path, data: DataBundle, resuming: bool) -> list:
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir.mkdir(exist_ok=True)
+    best_json = ckpt_dir / "best.json"
+    threshold = json.loads(best_json.read_text())["value"] if (resuming and best_json.is_file()) else None
+    best = keras.callbacks.ModelCheckpoint(
+        str(ckpt_dir / "best.weights.h5"), monitor=BEST_MONITOR, mode="max", save_best_only=True,
+        save_weights_only=True, initial_value_threshold=threshold,
+    )
+    callbacks: list = [
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=True),
+        best,
+        BestStateCallback(best_json, best),
+        keras.callbacks.ModelCheckpoint(str(ckpt_dir / "last.weights.h5"), save_weights_only=True),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resuming),
+    ]
+    if cfg.logging.tensorboard:
+        tb_dir = run_dir / "tensorboard"
+        callbacks.append(keras.callbacks.TensorBoard(str(tb_dir), write_graph=False, update_freq="epoch"))
+        n = min(cfg.logging.num_images, len(data.split("val")[0]))
+        if n:
+            images, masks = data.split("val")
+            callbacks.append(
+                ImagePanelCallback(tb_dir / "images", images[:n], masks[:n], data.class_names, cfg.logging.image_every)
+            )
+    return callbacks
+
+
+class KerasPredictor:
+    """Callable images → {"student": logits, "teacher": logits?} for a (two-output or plain) Keras model."""
+
+    def __init__(self, model: keras.Model) -> None:
+        self.model = model
+
+    def __call__(self, images: np.ndarray) -> dict:
+        out = self.model(images, training=False)
+        if isinstance(out, dict):
+            return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
+        return {STUDENT: np.asarray(out, dtype=np.float32)}
+
+
+def _save_models(run_dir: Path, model: keras.Model) -> None:
+    from axial_kd_tf.io_utils import atomic_path
+
+    with atomic_path(run_dir / "model.keras") as tmp:
+        model.save(tmp.with_suffix(".keras"))
+        os.replace(tmp.with_suffix(".keras"), tmp)
+    with atomic_path(run_dir / "student.keras") as tmp:
+        student_network(model).save(tmp.with_suffix(".keras"))
+        os.replace(tmp.with_suffix(".keras"), tmp)
+
+
+def _write_curves(run_dir: Path) -> None:
+    history = run_dir / "history.csv"
+    if not history.is_file():
+        return
+    from axial_kd_tf.plots import plot_history
+
+    plot_history(history, run_dir / "curves.png")
+
+
+def _write_metrics(run_dir: Path, metrics: dict, class_names: tuple[str, ...]) -> None:
+    from axial_kd_tf.reporting import format_iou_table
+
+    rows = {name: {"per_class_iou": [v["per_class_iou"][c] for c in class_names], "miou": v["miou"]}
+            for name, v in metrics["outputs"].items()}
+    table = format_iou_table(rows, class_names)
+    atomic_write_text(run_dir / "metrics.md", f"# Validation IoU (%), best epoch {metrics['best_epoch']}\n\n{table}\n")
+    atomic_write_json(run_dir / "metrics.json", metrics)
+
+
+# ----------------------------------------------------------------------------------------------------- export
+def export_run(
+    run_dir: str | os.PathLike,
+    cfg: Optional[Config] = None,
+    model: Optional[keras.Model] = None,
+    data: Optional[DataBundle] = None,
+    progress: Progress = print,
+) -> dict:
+    """Export the student (and on request the teacher) of a run; writes ``export/export_report.json``."""
+    from axial_kd_tf.export import export_network
+
+    run_dir = Path(run_dir)
+    if cfg is None:
+        cfg = load_run_config(run_dir)
+    if model is None:
+        model = load_run_model(run_dir)
+    if data is None:
+        data = load_data(cfg)
+    size = export_input_size(cfg)
+    shape = (size, size, data.in_channels)
+    e = cfg.export
+    verify = center_crop(data.split("val")[0][: e.verify_samples], size)
+    calibration = center_crop(data.train_images[: e.calibration_samples], size)
+    out_dir = run_dir / "export"
+    report: dict = {"input_shape": list(shape), "networks": {}}
+    targets = [("student", student_network(model))]
+    if e.teacher:
+        if TEACHER not in model.output:
+            raise UserError("config key 'export.teacher' is true but this run has no teacher (distill.enabled: false)")
+        targets.append(("teacher", teacher_network(model)))
+    for name, net in targets:
+        progress(f"[export] {name}: saved model + {', '.join(e.variants)} TFLite at {size}x{size}")
+        report["networks"][name] = export_network(
+            net, out_dir, shape, name=name, variants=e.variants, calibration_images=calibration,
+            verify_images=verify, saved_model=True, progress=progress,
+        )
+        report["networks"][name]["params"] = int(net.count_params())
+    atomic_write_json(out_dir / "export_report.json", report)
+    return report
+
+
+def load_run_config(run_dir: Path) -> Config:
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"'{run_dir}' is not a run directory (no config.yaml); pass the folder train.py wrote")
+    return config_from_dict(yaml.safe_load(path.read_text()))
+
+
+def load_run_model(run_dir: Path) -> keras.Model:
+    import axial_kd_tf.layers  # noqa: F401  (registers the custom layers)
+
+    path = Path(run_dir) / "model.keras"
+    if not path.is_file():
+        raise UserError(f"run '{run_dir}' has no model.keras (training did not finish); resume it with train.py --resume")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # corrupt or truncated file
+        raise UserError(f"cannot load '{path}': {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
