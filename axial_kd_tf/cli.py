@@ -92,10 +92,14 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
     from axial_kd_tf.visualize import overlay_panel, write_png
 
     model_path = Path(args.run or args.model)
+    if not model_path.exists():
+        raise UserError(f"{'run directory' if args.run else 'model'} '{model_path}' does not exist")
     if args.config:
         cfg = load_config(args.config, args.overrides)
     else:
-        run_dir = _find_run_dir(model_path)
+        run_dir = model_path if args.run else _find_run_dir(model_path)
+        if args.run and not (run_dir / "config.yaml").is_file():
+            raise UserError(f"'{model_path}' is not a run directory (no config.yaml); pass the folder train.py wrote")
         if run_dir is None:
             raise UserError(f"'{model_path}' is not inside a run directory; pass --config to say which data to use")
         cfg = load_run_config(run_dir)
@@ -109,6 +113,9 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
     out_dir = Path(args.out) if args.out else (
         model_path / "eval" if args.run else model_path.parent / f"eval-{model_path.name.replace('.', '_')}"
     )
+    if args.run and not (model_path / "model.keras").is_file():
+        raise UserError(f"run '{model_path}' has no model.keras (training did not finish); "
+                        "resume it with train.py --resume")
     predictor, fixed = load_predictor(model_path)
     if fixed:
         predictor = tiled(predictor, fixed)

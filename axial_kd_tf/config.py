@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,23 @@ from typing import Any, Literal, Optional
 import yaml
 
 from axial_kd_tf.errors import UserError
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads YAML 1.2 floats without a dot (``1e-3``, ``5E4``), which YAML 1.1 reads as strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML like ``yaml.safe_load``, but with ``1e-3`` read as a float."""
+    return yaml.load(text, Loader=_Loader)
+
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -130,9 +148,10 @@ class Config:
 
 
 # ---------------------------------------------------------------------------------------------------------- parsing
-def _suggest(key: str, valid: typing.Iterable[str]) -> str:
-    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
-    return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(sorted(valid))}"
+def _suggest(key: str, valid: typing.Iterable[str], prefix: str = "") -> str:
+    valid = list(valid)
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"; did you mean '{prefix}{match[0]}'?" if match else f"; valid keys: {', '.join(prefix + v for v in sorted(valid))}"
 
 
 def _type_name(tp: Any) -> str:
@@ -198,7 +217,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            raise UserError(f"unknown config key '{prefix}{key}'{_suggest(str(key), names)}")
+            raise UserError(f"unknown config key '{prefix}{key}'{_suggest(str(key), names, prefix)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value if value is not None else {}, f"{prefix}{key}.")
@@ -260,14 +279,18 @@ def apply_override(raw: dict, assignment: str) -> None:
         raise UserError(f"override '{assignment}' must look like section.key=value (e.g. train.epochs=3)")
     dotted, _, text = assignment.partition("=")
     dotted = dotted.strip()
+    if not dotted or any(not part.strip() for part in dotted.split(".")):
+        raise UserError(f"override '{assignment}' must look like section.key=value (e.g. train.epochs=3)")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = yaml_load(text) if text.strip() else None
     except yaml.YAMLError:
         value = text
     parts = dotted.split(".")
     node = raw
     for part in parts[:-1]:
-        child = node.setdefault(part, {})
+        child = node.get(part)
+        if child is None:  # absent, or an empty section (``train:``) in the YAML file
+            child = node[part] = {}
         if not isinstance(child, dict):
             raise UserError(f"override '{assignment}': '{part}' is not a section")
         node = child
@@ -284,7 +307,9 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     if path is not None:
         p = resolve_config_path(path)
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            raw = yaml_load(p.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read config file '{p}': {type(exc).__name__}: {exc}") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""

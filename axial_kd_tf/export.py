@@ -527,3 +527,11 @@ def export_network(
                 f"({result['resolver']}, 1 thread)"
             )
     return report
+
+
+if __name__ == "__main__":  # python -m axial_kd_tf.export --run DIR [--variants ...] [--teacher]
+    import sys
+
+    from axial_kd_tf.cli import export_main
+
+    sys.exit(export_main())

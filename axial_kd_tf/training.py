@@ -143,9 +143,7 @@ def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, overwrite: bool) -
             saved = run_dir / "config.yaml"
             if not saved.is_file():
                 raise UserError(f"cannot resume '{run_dir}': it has no config.yaml; use another --run-dir")
-            import yaml
-
-            previous = config_from_dict(yaml.safe_load(saved.read_text()))
+            previous = load_run_config(run_dir)
             if previous.to_dict() != cfg.to_dict():
                 diff = _first_difference(previous.to_dict(), cfg.to_dict())
                 raise UserError(
@@ -161,7 +159,7 @@ def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, overwrite: bool) -
                 "or choose another --run-dir"
             )
     elif resume:
-        raise UserError(f"cannot resume '{run_dir}': it does not exist")
+        raise UserError(f"cannot resume '{run_dir}': it does not exist or is empty; start it without --resume")
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     return False
@@ -217,6 +215,42 @@ class BestStateCallback(keras.callbacks.Callback):
             atomic_write_json(self.path, {"epoch": epoch + 1, "monitor": BEST_MONITOR, "value": float(value)})
 
 
+class EpochProgress(keras.callbacks.Callback):
+    """One concise line per epoch: loss terms, student/teacher mIoU (train and val), best so far, elapsed and ETA."""
+
+    def __init__(self, progress: Progress = print) -> None:
+        super().__init__()
+        self.progress = progress
+        self.best = -1.0
+
+    def on_train_begin(self, logs: Optional[dict] = None) -> None:
+        self.t0 = time.time()
+        self.first_epoch: Optional[int] = None
+
+    def on_epoch_begin(self, epoch: int, logs: Optional[dict] = None) -> None:
+        if self.first_epoch is None:  # differs from 0 after a resume
+            self.first_epoch = epoch
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        logs = logs or {}
+        total = self.params.get("epochs", epoch + 1)
+        done = epoch + 1 - (self.first_epoch or 0)
+        elapsed = time.time() - self.t0
+        eta = elapsed / max(done, 1) * (total - epoch - 1)
+        val = logs.get(BEST_MONITOR)
+        if val is not None and val > self.best:
+            self.best = float(val)
+
+        def pct(key: str) -> str:
+            return f"{logs[key] * 100:5.1f}" if key in logs else "  -  "
+
+        terms = " ".join(f"{k} {logs[k]:.3f}" for k in ("student_ce", "teacher_ce", "distill_mse") if k in logs)
+        line = (f"epoch {epoch + 1:>3}/{total} loss {logs.get('loss', float('nan')):.3f} ({terms}) | mIoU train "
+                f"S {pct('student_miou')} T {pct('teacher_miou')} | val S {pct('val_student_miou')} "
+                f"T {pct('val_teacher_miou')} | best val S {self.best * 100:5.1f} | {elapsed:4.0f}s, ETA {eta:4.0f}s")
+        self.progress(line.replace(" T   -  ", ""))
+
+
 class InterruptAfterEpoch(keras.callbacks.Callback):
     """Test helper and crash simulator: raise KeyboardInterrupt after epoch ``n`` (1-based) ends."""
 
@@ -258,12 +292,14 @@ def train(
             f" ({'distillation' if cfg.distill.enabled else 'baseline'} mode, {cfg.train.mixed_precision})"
         )
         callbacks = _callbacks(cfg, run_dir, data, resuming) + list(extra_callbacks)
+        if cfg.logging.verbose == 1:
+            callbacks.append(EpochProgress(progress))
         train_ds = data.train_dataset(cfg.train.batch_size, cfg.data.seed, cfg.data.crop_size, cfg.data.augment)
         val_ds = data.eval_dataset("val", cfg.train.batch_size)
         progress(f"[train] {cfg.train.epochs} epochs × {spe} steps, run dir {run_dir}")
         trainer.fit(
             train_ds, epochs=cfg.train.epochs, steps_per_epoch=spe, validation_data=val_ds,
-            callbacks=callbacks, verbose=cfg.logging.verbose, shuffle=False,  # tf.data shuffles
+            callbacks=callbacks, verbose=2 if cfg.logging.verbose >= 2 else 0, shuffle=False,  # tf.data shuffles
         )
         train_time = time.time() - t0
         best_path = run_dir / "checkpoints" / "best.weights.h5"
@@ -406,12 +442,12 @@ def export_run(
 
 
 def load_run_config(run_dir: Path) -> Config:
-    import yaml
+    from axial_kd_tf.config import load_config
 
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise UserError(f"'{run_dir}' is not a run directory (no config.yaml); pass the folder train.py wrote")
-    return config_from_dict(yaml.safe_load(path.read_text()))
+    return load_config(path)
 
 
 def load_run_model(run_dir: Path) -> keras.Model:

@@ -403,3 +403,201 @@ def test_invalid_arguments(kwargs):
 def test_integer_axis_alias():
     assert AxialAttention(axis=1).axis == "height"
     assert AxialAttention(axis=2).axis == "width"
+
+
+# ------------------------------------------------------------------ 8. training mode: folded similarity BatchNorm
+def _explicit_bn(t, norm, axis, training):
+    """Keras BatchNormalization on ``axis`` written out (biased batch variance in training), in ``t``'s dtype.
+
+    Returns the output and the batch ``(mean, variance)`` (``None`` in inference).
+    """
+    gamma, beta = (tf.cast(w, t.dtype) for w in (norm.gamma, norm.beta))
+    axis = axis % len(t.shape)
+    shape = [1] * len(t.shape)
+    shape[axis] = -1
+    if training:
+        axes = [i for i in range(len(t.shape)) if i != axis]
+        mean = tf.reduce_mean(t, axes)
+        variance = tf.reduce_mean(tf.square(t - tf.reshape(mean, shape)), axes)
+        stats = (mean, variance)
+    else:
+        mean, variance = (tf.cast(w, t.dtype) for w in (norm.moving_mean, norm.moving_variance))
+        stats = None
+    y = (t - tf.reshape(mean, shape)) * tf.reshape(gamma / tf.sqrt(variance + norm.epsilon), shape)
+    return y + tf.reshape(beta, shape), stats
+
+
+def explicit_axial(layer: AxialAttention, x, training: bool, dtype=tf.float64):
+    """The layer's function with every term as an explicit ``[N, h, L, L]`` tensor and, with normalisation, a real
+    BatchNorm over the stacked ``[N, 3·h, L, L]`` similarity tensor (Axial-DeepLab's design).
+
+    Reads the layer's variables (so gradients w.r.t. them can be compared) and assigns nothing. Returns the output and
+    ``{norm name: (batch mean, batch variance)}`` in training.
+    """
+    h, dk, dv, span = layer.num_heads, layer.key_dim, layer.value_dim, layer.max_span
+    x = tf.cast(x, dtype)
+    if layer.axis == "height":
+        x = tf.transpose(x, (0, 2, 1, 3))
+    n_b, n_other, length, channels = x.shape
+    seqs = tf.reshape(x, (n_b * n_other, length, channels))
+    stats = {}
+    qkv = seqs @ tf.cast(layer.qkv_kernel, dtype)
+    if layer.use_normalization:
+        qkv, stats["qkv_norm"] = _explicit_bn(qkv, layer.qkv_norm, -1, training)
+    else:
+        qkv = qkv + tf.cast(layer.qkv_bias, dtype)
+    q = tf.reshape(qkv[..., : h * dk], (-1, length, h, dk))
+    k = tf.reshape(qkv[..., h * dk : 2 * h * dk], (-1, length, h, dk))
+    v = tf.reshape(qkv[..., 2 * h * dk :], (-1, length, h, dv))
+    pos = np.arange(length)
+    rows = np.clip(pos[None, :] - pos[:, None], -(span - 1), span - 1) + span - 1  # [o, p]
+    terms = [tf.einsum("nohd,nphd->nhop", q, k)]
+    if layer.use_positional_encoding:
+        r_q, r_k, r_v = (tf.gather(tf.cast(t, dtype), rows) for t in (layer.rel_q, layer.rel_k, layer.rel_v))
+        terms.append(tf.einsum("nohd,opd->nhop", q, r_q))
+        terms.append(tf.einsum("nphd,opd->nhop", k, r_k))
+    if layer.use_normalization:
+        stacked, stats["similarity_norm"] = _explicit_bn(tf.concat(terms, axis=1), layer.similarity_norm, 1, training)
+        logits = tf.add_n(tf.split(stacked, len(terms), axis=1))
+    else:
+        logits = tf.add_n(terms) / math.sqrt(dk)
+    attn = tf.nn.softmax(logits, axis=-1)
+    outs = [tf.einsum("nhop,nphd->nohd", attn, v)]
+    if layer.use_positional_encoding:
+        outs.append(tf.einsum("nhop,opd->nohd", attn, r_v))
+    out = tf.concat([tf.reshape(o, (-1, length, h * dv)) for o in outs], axis=-1)
+    if layer.use_normalization:
+        out, stats["output_norm"] = _explicit_bn(out, layer.output_norm, -1, training)
+    out = tf.add_n(tf.split(out, len(outs), axis=-1))
+    out = tf.reshape(out, (n_b, n_other, length, h * dv))
+    if layer.axis == "height":
+        out = tf.transpose(out, (0, 2, 1, 3))
+    return out, stats
+
+
+def _output_and_grads(fn, layer, x, probe):
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = fn(x)
+        loss = tf.reduce_sum(tf.cast(y, tf.float64) * tf.cast(probe, tf.float64))
+    grads = tape.gradient(loss, [x] + list(layer.trainable_weights))
+    return y, [tf.convert_to_tensor(g) if g is not None else None for g in grads]
+
+
+def _assert_close_scaled(actual, expected, atol=1e-4, rtol=1e-4, what=""):
+    """``|a − e| <= atol + rtol·max|e|`` elementwise (relative to the tensor's scale)."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, what
+    tol = atol + rtol * np.max(np.abs(expected))
+    err = np.max(np.abs(actual - expected))
+    assert err <= tol, f"{what}: max |diff| {err:.3g} > {tol:.3g}"
+
+
+@pytest.mark.parametrize(
+    "axis,num_heads,pos,max_span,shape",
+    [
+        ("height", 1, True, 16, (2, 7, 5, 3)),
+        ("width", 2, True, 16, (2, 4, 6, 3)),
+        ("height", 2, True, 3, (2, 9, 4, 3)),  # L = 9 > max_span = 3: clipped distances
+        ("width", 1, False, 16, (2, 5, 7, 3)),
+        ("height", 2, False, 16, (3, 6, 4, 3)),
+    ],
+)
+def test_training_matches_explicit_batchnorm(axis, num_heads, pos, max_span, shape):
+    """training=True: output and gradients (input and every weight) equal a real BN over the similarity tensor."""
+    layer, _ = _built_random_layer(shape, axis=axis, num_heads=num_heads, key_dim=3, value_dim=4, pos=pos,
+                                   max_span=max_span)
+    x = _input(shape, seed=41)
+    probe = _input(shape[:3] + (num_heads * 4,), seed=42)
+    y_ref, g_ref = _output_and_grads(lambda t: explicit_axial(layer, t, training=True)[0], layer, x, probe)
+    y, g = _output_and_grads(lambda t: layer(t, training=True), layer, x, probe)
+    _assert_close_scaled(y, y_ref, what="output")
+    names = ["input"] + [w.path for w in layer.trainable_weights]
+    for name, a, e in zip(names, g, g_ref):
+        if name.endswith("similarity_norm/beta"):
+            # softmax over p is invariant to a per-channel shift: the exact gradient is 0 (round-off either side)
+            assert a is not None and np.max(np.abs(a)) < 1e-5, name
+            continue
+        assert a is not None and e is not None, name
+        _assert_close_scaled(a, e, what=name)
+
+
+@pytest.mark.parametrize("pos", [True, False], ids=["pos", "nopos"])
+def test_training_updates_moving_statistics_like_batchnorm(pos):
+    shape = (2, 9, 5, 3)
+    layer, _ = _built_random_layer(shape, axis="height", num_heads=2, key_dim=3, value_dim=4, pos=pos, max_span=4)
+    x = _input(shape, seed=43)
+    norms = {"qkv_norm": layer.qkv_norm, "similarity_norm": layer.similarity_norm, "output_norm": layer.output_norm}
+    before = {name: (n.moving_mean.numpy().copy(), n.moving_variance.numpy().copy()) for name, n in norms.items()}
+    _, stats = explicit_axial(layer, x, training=True)
+    layer(tf.constant(x), training=True)
+    for name, norm in norms.items():
+        mean, variance = (s.numpy() for s in stats[name])
+        m = norm.momentum
+        _assert_close_scaled(norm.moving_mean.numpy(), before[name][0] * m + mean * (1 - m), atol=1e-5, rtol=1e-5,
+                             what=f"{name}/moving_mean")
+        _assert_close_scaled(norm.moving_variance.numpy(), before[name][1] * m + variance * (1 - m), atol=1e-5,
+                             rtol=1e-5, what=f"{name}/moving_variance")
+        assert not np.allclose(norm.moving_variance.numpy(), before[name][1])
+    # inference mode reads the moving statistics and updates nothing
+    after = layer.similarity_norm.moving_variance.numpy().copy()
+    layer(tf.constant(x), training=False)
+    np.testing.assert_array_equal(layer.similarity_norm.moving_variance.numpy(), after)
+
+
+@pytest.mark.parametrize("norm", [True, False], ids=["norm", "nonorm"])
+@pytest.mark.parametrize("pos", [True, False], ids=["pos", "nopos"])
+def test_inference_matches_explicit_reference(pos, norm):
+    shape = (2, 6, 9, 3)
+    layer, _ = _built_random_layer(shape, axis="width", num_heads=2, key_dim=3, value_dim=4, pos=pos, norm=norm,
+                                   max_span=5)
+    x = _input(shape, seed=44)
+    _assert_close_scaled(_run(layer, x), explicit_axial(layer, x, training=False)[0].numpy(), what="output")
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
+@pytest.mark.parametrize("pos", [True, False], ids=["pos", "nopos"])
+def test_jit_compile_matches_eager(pos, training):
+    shape = (2, 9, 6, 3)
+    layer, _ = _built_random_layer(shape, axis="height", num_heads=2, key_dim=3, value_dim=4, pos=pos, max_span=4)
+    x = _input(shape, seed=45)
+    probe = tf.constant(_input((2, 9, 6, 8), seed=46))
+    weights = [w.numpy() for w in layer.weights]
+
+    def step(t):
+        with tf.GradientTape() as tape:
+            y = layer(t, training=training)
+            loss = tf.reduce_sum(y * probe)
+        return y, [tf.convert_to_tensor(g) for g in tape.gradient(loss, layer.trainable_weights)]
+
+    y_eager, g_eager = step(tf.constant(x))
+    state_eager = [w.numpy() for w in layer.weights]
+    layer.set_weights(weights)
+    y_jit, g_jit = tf.function(step, jit_compile=True)(tf.constant(x))
+    _assert_close_scaled(y_jit, y_eager, atol=1e-5, rtol=1e-5, what="output")
+    for var, a, e in zip(layer.trainable_weights, g_jit, g_eager):
+        if not var.path.endswith("similarity_norm/beta"):  # exactly 0 up to round-off
+            _assert_close_scaled(a, e, atol=1e-5, rtol=1e-4, what=var.path)
+    for var, a, e in zip(layer.weights, [w.numpy() for w in layer.weights], state_eager):
+        _assert_close_scaled(a, e, atol=1e-6, rtol=1e-6, what=var.path)  # same moving-statistics updates
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_training_statistics(policy):
+    """Mixed precision: statistics in float32, so they (and the output) stay close to the float32 layer's."""
+    shape = (2, 8, 6, 3)
+    ref, _ = _built_random_layer(shape, axis="width", num_heads=2, key_dim=3, value_dim=4, max_span=4)
+    layer = _make(axis="width", num_heads=2, key_dim=3, value_dim=4, max_span=4, dtype=policy)
+    layer.build(shape)
+    layer.set_weights(ref.get_weights())
+    x = _input(shape, seed=47)
+    y_ref = _run(ref, x, training=True)
+    y = _run(layer, x, training=True)
+    assert y.dtype == np.dtype(policy.split("_")[1])
+    tol = 2e-2 if policy == "mixed_float16" else 1e-1
+    _assert_close_scaled(y.astype(np.float32), y_ref, atol=tol, rtol=tol, what="output")
+    for name in ("moving_mean", "moving_variance"):
+        a = getattr(layer.similarity_norm, name)
+        assert a.dtype == "float32"
+        _assert_close_scaled(a.numpy(), getattr(ref.similarity_norm, name).numpy(), atol=tol, rtol=tol, what=name)

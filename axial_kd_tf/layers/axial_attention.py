@@ -159,6 +159,78 @@ class AxialAttention(keras.layers.Layer):
         skewed = ops.reshape(flat, (m, length, 3 * length - 1))
         return skewed[:, :, : 2 * length - 1]
 
+    def _similarity_scales(self, q: Any, k: Any, length: Any, training: bool | None) -> tuple[Any, Any]:
+        """Per-(term, head) scales ``s`` (``[T, h]``) and per-head offsets ``c`` (``[h]``) of the similarity logits.
+
+        ``logits = Σ_t s_t ⊙ term_t + c`` equals the sum over terms of ``similarity_norm`` applied to the stacked
+        ``[N, T·h, L, L]`` similarity tensor, without building that tensor: BatchNorm of channel ``t`` is the affine map
+        ``s_t (x − μ_t) + β_t`` with ``s_t = γ_t / sqrt(σ²_t + ε)``, and in training the batch moments ``μ_t``, ``σ²_t``
+        of each bilinear term are computed in closed form from ``q``, ``k`` and the relative tables
+        (:meth:`_similarity_moments`). ``c`` is softmax-invariant; it is kept so that the logits (and ``β``'s
+        gradient, zero up to round-off) are those of the explicit BatchNorm.
+        """
+        n_terms = 3 if self.use_positional_encoding else 1
+        h = self.num_heads
+        if not self.use_normalization:
+            scale = ops.full((n_terms, h), 1.0 / math.sqrt(self.key_dim), dtype="float32")
+            return scale, None
+        bn = self.similarity_norm
+        gamma = ops.cast(bn.gamma, "float32")
+        beta = ops.cast(bn.beta, "float32")
+        if training and bn.trainable:
+            mean, variance = self._similarity_moments(q, k, length)
+            bn.moving_mean.assign(
+                ops.cast(bn.moving_mean, "float32") * bn.momentum + mean * (1.0 - bn.momentum)
+            )
+            bn.moving_variance.assign(
+                ops.cast(bn.moving_variance, "float32") * bn.momentum + variance * (1.0 - bn.momentum)
+            )
+        else:
+            mean = ops.cast(bn.moving_mean, "float32")
+            variance = ops.cast(bn.moving_variance, "float32")
+        scale = gamma * ops.rsqrt(variance + bn.epsilon)  # [T·h]
+        offset = ops.sum(ops.reshape(beta - scale * mean, (n_terms, h)), axis=0)  # [h]
+        return ops.reshape(scale, (n_terms, h)), offset
+
+    def _similarity_moments(self, q: Any, k: Any, length: Any) -> tuple[Any, Any]:
+        """Exact batch mean and (biased) variance of the ``T·h`` similarity channels, in float32, from small tensors.
+
+        With ``N`` rows of length ``L`` each channel has ``N·L²`` entries. Per head:
+
+        * ``qk[o,p] = q_o·k_p``: ``Σ = Σ_n (Σ_o q_o)·(Σ_p k_p)``, ``Σ x² = Σ_n ⟨Σ_o q_o q_oᵀ, Σ_p k_p k_pᵀ⟩``.
+        * ``qr[o,p] = q_o·r_{p−o}``: with the band mask ``M[o, j] = [0 ≤ o + j − (L−1) < L]`` over the ``2L − 1``
+          distance rows ``e_j``, ``Σ = Σ_{o,j} M[o,j] (Σ_n q_o)·e_j`` and ``Σ x² = Σ_{o,j} M[o,j] e_jᵀ (Σ_n q_o q_oᵀ) e_j``.
+        * ``kr[o,p] = k_p·r_{p−o}``: the same with the roles of ``o`` and ``p`` swapped (``M[p, j] = [0 ≤ p − j + L − 1 < L]``).
+
+        Cost ``O(N·L·h·d² + L²·h·d²)``; nothing has an ``N·L²`` factor. Differentiable, so gradients flow through the
+        batch statistics as in BatchNorm.
+        """
+        q = ops.cast(q, "float32")  # [N, L, h, d]
+        k = ops.cast(k, "float32")
+        n_rows = ops.shape(q)[0]
+        count = ops.cast(n_rows * length * length, "float32")
+        # qk
+        s1 = [ops.sum(ops.sum(q, axis=1) * ops.sum(k, axis=1), axis=(0, 2))]
+        gram_q = ops.einsum("nohd,nohe->nhde", q, q)
+        gram_k = ops.einsum("nphd,nphe->nhde", k, k)
+        s2 = [ops.sum(gram_q * gram_k, axis=(0, 2, 3))]
+        if self.use_positional_encoding:
+            j = ops.arange(0, 2 * length - 1, dtype="int32")[None, :]
+            o = ops.arange(0, length, dtype="int32")[:, None]
+            for x, table, sign in ((q, self.rel_q, 1), (k, self.rel_k, -1)):
+                e = ops.cast(self._relative_table(table, length), "float32")  # [2L−1, d], d = p − o = j − (L−1)
+                other = o + sign * (j - (length - 1))  # the position (p for q, o for k) that row o/p meets at j
+                band = ops.cast(ops.logical_and(other >= 0, other < length), "float32")  # [L, 2L−1]
+                x_sum = ops.sum(x, axis=0)  # [L, h, d]
+                x_gram = ops.einsum("nohd,nohe->ohde", x, x)  # [L, h, d, d]
+                s1.append(ops.sum(ops.einsum("ohd,jd->ohj", x_sum, e) * band[:, None, :], axis=(0, 2)))
+                e_outer = ops.reshape(e[:, :, None] * e[:, None, :], (2 * length - 1, -1))  # [2L−1, d²]
+                weights = ops.matmul(band, e_outer)  # [L, d²]: Σ_j M[o, j] e_j e_jᵀ
+                s2.append(ops.einsum("ohx,ox->h", ops.reshape(x_gram, (length, self.num_heads, -1)), weights))
+        mean = ops.concatenate(s1, axis=0) / count
+        variance = ops.maximum(ops.concatenate(s2, axis=0) / count - ops.square(mean), 0.0)
+        return mean, variance
+
     def call(self, inputs: Any, training: bool | None = None) -> Any:
         x = inputs
         shape = ops.shape(x)
@@ -182,34 +254,30 @@ class AxialAttention(keras.layers.Layer):
         k = ops.reshape(qkv[..., h * dk : 2 * h * dk], (-1, length, h, dk))
         v = ops.reshape(qkv[..., 2 * h * dk :], (-1, length, h, dv))
 
-        qk = ops.einsum("nohd,nphd->nhop", q, k)  # [N, h, L, L]
-        terms = [qk]
+        # The similarity normalisation (or 1/sqrt(dk)) is a per-(term, head) scale plus a per-head offset: apply
+        # the scales to the [N, L, h, dk] operands, never to an [N, h, L, L] tensor.
+        scale, offset = self._similarity_scales(q, k, length, training)
+        scale = ops.cast(scale, q.dtype)[:, None, None, :, None]  # [T, 1, 1, h, 1]
+        k_qk = k * scale[0]
+        q_qk = q
+        if offset is not None:
+            # q_o·k_p + c: one more contraction column instead of an [N, h, L, L] broadcast add.
+            ones = ops.ones_like(q[..., :1])
+            q_qk = ops.concatenate([q, ones], axis=-1)
+            k_qk = ops.concatenate([k_qk, ones * ops.cast(offset, q.dtype)[:, None]], axis=-1)
+        logits = ops.einsum("nohd,nphd->nhop", q_qk, k_qk)  # [N, h, L, L]
         if self.use_positional_encoding:
             # q_o·r^q_{p−o}: one GEMM against the 2L−1 distance rows, then relative → absolute positions.
             e_q = self._relative_table(self.rel_q, length)  # [2L−1, dk]
-            qr = ops.einsum("nohd,rd->nhor", q, e_q)
+            qr = ops.einsum("nohd,rd->nhor", q * scale[1], e_q)
             qr = ops.reshape(self._rel_to_abs(ops.reshape(qr, (-1, length, 2 * length - 1)), length),
                              (-1, h, length, length))
             # k_p·r^k_{p−o}: rows in reversed distance order give [p, o]; transpose to [o, p].
             e_k = self._relative_table(self.rel_k, length, reverse=True)
-            kr = ops.einsum("nphd,rd->nhpr", k, e_k)
+            kr = ops.einsum("nphd,rd->nhpr", k * scale[2], e_k)
             kr = ops.reshape(self._rel_to_abs(ops.reshape(kr, (-1, length, 2 * length - 1)), length),
                              (-1, h, length, length))
-            terms += [qr, ops.transpose(kr, (0, 1, 3, 2))]
-
-        if self.use_normalization:
-            stacked = ops.concatenate(terms, axis=1) if len(terms) > 1 else qk  # [N, T·h, L, L]
-            stacked = self.similarity_norm(stacked, training=training)
-            if len(terms) > 1:
-                stacked = ops.reshape(stacked, (-1, len(terms), h, length, length))  # 5-D at most
-                logits = ops.sum(stacked, axis=1)
-            else:
-                logits = stacked
-        else:
-            logits = terms[0]
-            for term in terms[1:]:
-                logits = logits + term
-            logits = logits * ops.cast(1.0 / math.sqrt(dk), logits.dtype)
+            logits = logits + qr + ops.transpose(kr, (0, 1, 3, 2))
 
         attn = ops.softmax(logits, axis=-1)  # over memory positions p
         out = ops.einsum("nhop,nphd->nohd", attn, v)  # [N, L, h, dv]

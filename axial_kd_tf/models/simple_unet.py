@@ -16,7 +16,9 @@ from axial_kd_tf.models.registry import register_architecture
 def _conv_block(x: keras.KerasTensor, filters: int, name: str) -> keras.KerasTensor:
     for i in (1, 2):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
-        x = keras.layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        # PyTorch's BN defaults (momentum 0.1 = Keras 0.9, eps 1e-5), as in the paper's SMP networks: Keras' 0.99
+        # leaves the moving variance dominated by its initial 1.0 after a few hundred steps.
+        x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn{i}")(x)
         x = keras.layers.ReLU(name=f"{name}_relu{i}")(x)
     return x
 

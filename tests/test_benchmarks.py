@@ -1,0 +1,55 @@
+"""Smoke test of benchmarks/teacher_overhead.py at a tiny size (no XLA, so it runs in seconds)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_benchmark():
+    path = ROOT / "benchmarks" / "teacher_overhead.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_teacher_overhead_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_teacher_overhead_tiny(tmp_path: Path) -> None:
+    bench = _load_benchmark()
+    out = tmp_path / "overhead.json"
+    args = bench.parse_args([
+        "--config", str(ROOT / "configs" / "quickstart.yaml"),
+        "--size", "32", "--batch-size", "2", "--steps", "2", "--warmup", "1",
+        "--options", '{"base_filters": 4, "depth": 2}', "--no-jit", "--out", str(out),
+    ])
+    result = bench.run_benchmark(args, log=lambda msg: None)
+
+    assert out.is_file() and out.with_suffix(".md").is_file()
+    saved = json.loads(out.read_text())
+    assert saved["rows"] and saved["machine"]["tensorflow"] and saved["config"]["model"]["options"]["depth"] == 2
+    md = out.with_suffix(".md").read_text()
+    assert "| variant |" in md and "time ratio" in md
+
+    (row,) = result["rows"]
+    baseline = result["baselines"][row["baseline_key"]]
+    distill = row["distill"]
+    assert baseline["student_params"] == distill["student_params"] == row["student_params"] > 0
+    assert baseline["teacher_params"] == 0
+    assert row["teacher_params"] > 0
+    assert distill["total_params"] == distill["student_params"] + distill["teacher_params"]
+    assert row["param_ratio"] == pytest.approx(distill["total_params"] / baseline["total_params"])
+    for key in ("time_ratio", "memory_ratio", "param_ratio"):
+        assert row[key] is not None and math.isfinite(row[key]) and row[key] > 0, key
+    assert len(distill["step_times_s"]) == 2 and len(distill["warmup_times_s"]) == 1
+    assert all(t > 0 for t in distill["step_times_s"] + baseline["step_times_s"])
+    assert isinstance(row["meets_time_target"], bool)
+    assert distill["config"]["distill"]["enabled"] and not baseline["config"]["distill"]["enabled"]
+    assert distill["config"]["train"]["jit_compile"] is False
