@@ -1,0 +1,129 @@
+"""End to end on a tiny synthetic config: train → run directory → TensorBoard → resume → evaluate → export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from axial_kd_tf.cli import evaluate_main, export_main
+from axial_kd_tf.config import load_config
+from axial_kd_tf.training import InterruptAfterEpoch, train
+
+TINY = [
+    "data.image_size=32", "data.train_samples=8", "data.val_samples=4", "data.test_samples=4",
+    "model.options={base_filters: 4, depth: 2}", "teacher.hidden_dim=8", "teacher.max_span=32",
+    "train.epochs=2", "train.batch_size=4", "train.jit_compile=false", "logging.num_images=2",
+    "logging.image_every=1", "export.verify_samples=2", "export.calibration_samples=4",
+]
+
+
+def tiny_config(*extra: str):
+    return load_config("quickstart", TINY + list(extra))
+
+
+def _tags(event_dir: Path) -> set[str]:
+    tags = set()
+    for f in event_dir.glob("events.out.tfevents.*"):
+        for raw in tf.data.TFRecordDataset(str(f)):
+            event = tf.compat.v1.Event.FromString(raw.numpy())
+            tags.update(v.tag for v in event.summary.value)
+    return tags
+
+
+@pytest.fixture(scope="module")
+def distill_run(tmp_path_factory) -> tuple[Path, dict]:
+    run = tmp_path_factory.mktemp("runs") / "distill"
+    metrics = train(tiny_config("export.variants=[float32, int8]"), run, progress=lambda s: None)
+    return run, metrics
+
+
+def test_run_directory_layout(distill_run):
+    run, metrics = distill_run
+    for rel in ["config.yaml", "checkpoints/best.weights.h5", "checkpoints/last.weights.h5", "checkpoints/best.json",
+                "model.keras", "student.keras", "metrics.json", "metrics.md", "history.csv", "curves.png",
+                "export/student_saved_model/saved_model.pb", "export/student.tflite", "export/student_int8.tflite",
+                "export/export_report.json"]:
+        assert (run / rel).exists(), rel
+    assert not (run / "backup").exists()  # BackupAndRestore cleans up after a completed run
+    assert not list(run.rglob("*.tmp")), "a temporary file was left behind"
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    assert set(saved["outputs"]) == {"student", "teacher"}
+    for out in saved["outputs"].values():
+        assert set(out["per_class_iou"]) == {"membrane", "mitochondria", "synapse", "glia_extracellular",
+                                             "intracellular"}
+        assert out["miou"] is None or 0.0 <= out["miou"] <= 1.0
+    assert saved["mode"] == "distillation" and saved["teacher_params"] > 0
+
+
+def test_export_report(distill_run):
+    run, _ = distill_run
+    report = json.loads((run / "export" / "export_report.json").read_text())
+    student = report["networks"]["student"]
+    for variant in ("float32", "int8"):
+        v = student["variants"][variant]
+        assert {"max_abs_diff", "argmax_agreement", "size_bytes", "mean_latency_ms"} <= set(v)
+        assert v["size_bytes"] == (run / "export" / Path(v["path"]).name).stat().st_size
+    assert student["variants"]["float32"]["max_abs_diff"] < 1e-3
+    assert student["variants"]["float32"]["argmax_agreement"] == 1.0
+    assert not any(op.startswith("CUSTOM") for op in student["ops"])
+
+
+def test_tensorboard_has_scalars_and_image_panels(distill_run):
+    run, _ = distill_run
+    train_tags = _tags(run / "tensorboard" / "train")
+    val_tags = _tags(run / "tensorboard" / "validation")
+    for term in ["loss", "student_ce", "teacher_ce", "distill_mse", "student_miou", "teacher_miou",
+                 "student_iou_membrane", "teacher_iou_synapse"]:
+        assert f"epoch_{term}" in train_tags, term
+        assert f"epoch_{term}" in val_tags, term
+    assert "epoch_learning_rate" in train_tags
+    assert any(t.startswith("val_panels") for t in _tags(run / "tensorboard" / "images"))
+
+
+def test_evaluate_run_and_tflite(distill_run, capsys):
+    run, _ = distill_run
+    assert evaluate_main(["--run", str(run), "--split", "test", "--overlays", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "student" in out and "teacher" in out and "mIoU" in out
+    ev = json.loads((run / "eval" / "metrics.json").read_text())
+    assert ev["split"] == "test" and set(ev["outputs"]) == {"student", "teacher"}
+    assert (run / "eval" / "table.md").read_text().count("|") > 10
+    assert len(list((run / "eval" / "overlays").glob("*.png"))) == 2
+    # The float32 TFLite student gives the same student IoU as the Keras model.
+    assert evaluate_main(["--model", str(run / "export" / "student.tflite"), "--split", "test", "--overlays", "0"]) == 0
+    ev_tfl = json.loads(next((run / "export").glob("eval-student_tflite/metrics.json")).read_text())
+    assert ev_tfl["outputs"]["student"]["confusion_matrix"] == ev["outputs"]["student"]["confusion_matrix"]
+
+
+def test_export_cli_adds_teacher_and_float16(distill_run):
+    run, _ = distill_run
+    assert export_main(["--run", str(run), "--variants", "float16", "--teacher"]) == 0
+    report = json.loads((run / "export" / "export_report.json").read_text())
+    assert set(report["networks"]) == {"student", "teacher"}
+    assert (run / "export" / "teacher_float16.tflite").is_file()
+
+
+def test_baseline_run_same_student(tmp_path, distill_run):
+    _, dist = distill_run
+    metrics = train(tiny_config("distill.enabled=false", "export.enabled=false"), tmp_path / "b", progress=lambda s: None)
+    assert set(metrics["outputs"]) == {"student"} and metrics["mode"] == "baseline"
+    assert metrics["student_params"] == dist["student_params"] and metrics["teacher_params"] == 0
+
+
+def test_resume_after_interruption(tmp_path):
+    cfg = tiny_config("train.epochs=3", "export.enabled=false")
+    run = tmp_path / "r"
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run, extra_callbacks=(InterruptAfterEpoch(2),), progress=lambda s: None)
+    assert (run / "backup").is_dir() and not (run / "metrics.json").exists()
+    lines = []
+    metrics = train(cfg, run, resume=True, progress=lines.append)
+    rows = (run / "history.csv").read_text().strip().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]  # epoch 3 only was trained after the resume
+    assert sum(l.startswith("epoch") for l in lines) == 1
+    assert metrics["best_epoch"] in (1, 2, 3)
