@@ -108,11 +108,15 @@ def test_export_cli_adds_teacher_and_float16(distill_run):
     assert (run / "export" / "teacher_float16.tflite").is_file()
 
 
-def test_baseline_run_same_student(tmp_path, distill_run):
-    _, dist = distill_run
-    metrics = train(tiny_config("distill.enabled=false", "export.enabled=false"), tmp_path / "b", progress=lambda s: None)
+def test_baseline_run_exports_the_same_student(tmp_path, distill_run):
+    """The distilled student costs exactly what the baseline costs: same parameters, same TFLite op list."""
+    run, dist = distill_run
+    metrics = train(tiny_config("distill.enabled=false"), tmp_path / "b", progress=lambda s: None)
     assert set(metrics["outputs"]) == {"student"} and metrics["mode"] == "baseline"
     assert metrics["student_params"] == dist["student_params"] and metrics["teacher_params"] == 0
+    base = json.loads((tmp_path / "b" / "export" / "export_report.json").read_text())["networks"]["student"]
+    ours = json.loads((run / "export" / "export_report.json").read_text())["networks"]["student"]
+    assert base["ops"] == ours["ops"] and base["params"] == ours["params"]
 
 
 def test_resume_after_interruption(tmp_path):
