@@ -293,6 +293,27 @@ def tflite_op_names(model_bytes: bytes) -> list[str]:
     return sorted(names)
 
 
+def tflite_operator_sequence(model_bytes: bytes) -> list[str]:
+    """Every operator of every subgraph, in execution order (``tflite_op_names`` is the de-duplicated set).
+
+    Two networks with equal sequences run exactly the same kernels, so this is the "same op list" check between a
+    distilled student and its baseline.
+    """
+    buf = bytearray(model_bytes)
+    if len(buf) < 8 or not tfl_schema.Model.ModelBufferHasIdentifier(buf, 0):
+        raise UserError("not a TFLite flatbuffer (missing 'TFL3' identifier)")
+    code_names = {v: k for k, v in vars(tfl_schema.BuiltinOperator).items() if not k.startswith("_")}
+    fb_model = tfl_schema.Model.GetRootAs(buf, 0)
+    sequence = []
+    for g in range(fb_model.SubgraphsLength()):
+        graph = fb_model.Subgraphs(g)
+        for i in range(graph.OperatorsLength()):
+            opcode = fb_model.OperatorCodes(graph.Operators(i).OpcodeIndex())
+            code = max(opcode.BuiltinCode(), opcode.DeprecatedBuiltinCode())
+            sequence.append(code_names.get(code, f"BUILTIN_{code}"))
+    return sequence
+
+
 def _has_int8_tensors(model_bytes: bytes) -> bool:
     fb_model = tfl_schema.Model.GetRootAs(bytearray(model_bytes), 0)
     int8 = tfl_schema.TensorType.INT8
@@ -496,8 +517,11 @@ def export_network(
         say(f"[export] converting {name} -> TFLite {variant} at {list(shape)}")
         blobs[variant] = convert_tflite(model, shape, variant, calibration_images)
     ops: list[str] = []
+    op_sequence: list[str] = []
     if requested:  # the op list always describes the float32 model (comparable between networks)
-        ops = tflite_op_names(blobs.get("float32") or convert_tflite(model, shape, "float32"))
+        float32_blob = blobs.get("float32") or convert_tflite(model, shape, "float32")
+        ops = tflite_op_names(float32_blob)
+        op_sequence = tflite_operator_sequence(float32_blob)
 
     # 2) Write to temporary siblings and verify; ExitStack renames them all on success, deletes them on failure.
     report: dict[str, Any] = {
@@ -506,6 +530,7 @@ def export_network(
         "saved_model": None,
         "variants": {},
         "ops": ops,
+        "op_sequence": op_sequence,
         "verify_source": verify_source,
     }
     with contextlib.ExitStack() as stack:

@@ -111,14 +111,20 @@ def test_baseline_model_has_student_only_and_identical_student():
 
 
 def test_exported_student_same_params_and_ops_as_baseline():
-    from axial_kd_tf.export import convert_tflite, tflite_op_names
+    from axial_kd_tf.export import convert_tflite, tflite_op_names, tflite_operator_sequence
 
     base = student_network(build_distillation_model(_net(0), K, with_teacher=False))
-    dist = student_network(build_distillation_model(_net(1), K))
+    dist_model = build_distillation_model(_net(1), K)
+    dist = student_network(dist_model)
     shape = (16, 16, 1)
-    ops_b = tflite_op_names(convert_tflite(base, shape))
-    ops_d = tflite_op_names(convert_tflite(dist, shape))
-    assert ops_b == ops_d and ops_b  # same op list
+    tfl_b, tfl_d = convert_tflite(base, shape), convert_tflite(dist, shape)
+    ops_b = tflite_op_names(tfl_b)
+    ops_d = tflite_op_names(tfl_d)
+    assert ops_b == ops_d and ops_b  # same op set
+    assert tflite_operator_sequence(tfl_b) == tflite_operator_sequence(tfl_d)  # same kernels, same order
+    # ... and the teacher really is extra work that the student export leaves out
+    teacher_seq = tflite_operator_sequence(convert_tflite(teacher_network(dist_model), shape))
+    assert len(teacher_seq) > len(tflite_operator_sequence(tfl_d))
     assert base.count_params() == dist.count_params()
     assert not any("AXIAL" in o or o.startswith("CUSTOM") for o in ops_d)
 

@@ -116,7 +116,7 @@ def test_baseline_run_exports_the_same_student(tmp_path, distill_run):
     assert metrics["student_params"] == dist["student_params"] and metrics["teacher_params"] == 0
     base = json.loads((tmp_path / "b" / "export" / "export_report.json").read_text())["networks"]["student"]
     ours = json.loads((run / "export" / "export_report.json").read_text())["networks"]["student"]
-    assert base["ops"] == ours["ops"] and base["params"] == ours["params"]
+    assert base["op_sequence"] == ours["op_sequence"] and base["params"] == ours["params"]
 
 
 def test_resume_after_interruption(tmp_path):
