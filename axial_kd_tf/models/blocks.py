@@ -78,8 +78,10 @@ class Resize(keras.layers.Layer):
         size = ops.cast(ops.stack(size), "int32")
         # The raw ops carry PyTorch's align_corners flag (keras.ops.image.resize has none).
         op = tf.raw_ops.ResizeBilinear if self.interpolation == "bilinear" else tf.raw_ops.ResizeNearestNeighbor
-        out = op(images=inputs, size=size, align_corners=self.align_corners,
-                 half_pixel_centers=not self.align_corners)
+        # PyTorch's "nearest" picks floor(dst · in/out) (no half-pixel centres; that is "nearest-exact"), and its
+        # bilinear uses half-pixel centres unless align_corners.
+        half_pixel = self.interpolation == "bilinear" and not self.align_corners
+        out = op(images=inputs, size=size, align_corners=self.align_corners, half_pixel_centers=half_pixel)
         return ops.cast(out, inputs.dtype)  # ResizeBilinear returns float32
 
     def compute_output_shape(self, inputs_shape: Sequence, like_shape: Optional[Sequence] = None) -> tuple:
@@ -153,3 +155,79 @@ def segmentation_head(x: Any, num_classes: int, kernel_size: int = 3, upsampling
     if upsampling > 1:
         x = Resize(upsampling, "bilinear", align_corners=True, name=f"{name}_upsample")(x)
     return keras.layers.Activation("linear", dtype="float32", name="logits")(x)
+
+
+def decoder_use_norm(value: Any, arch: str) -> bool:
+    """SMP's ``decoder_use_norm`` / ``decoder_use_batchnorm`` option as a bool (True: Conv → BN → ReLU).
+
+    ``True``/``"batchnorm"`` use BatchNorm; ``False``/``"identity"``/``None`` use none (the conv gets a bias). SMP's
+    other norms (``"inplace"``, ``"layernorm"``, ``"instancenorm"``, dicts) are not ported.
+    """
+    from axial_kd_tf.errors import UserError
+
+    if value is True or value == "batchnorm" or (isinstance(value, dict) and value.get("type") == "batchnorm"
+                                                   and len(value) == 1):
+        return True
+    if value is False or value is None or value == "identity":
+        return False
+    raise UserError(f"model.options decoder_use_norm={value!r} is not supported by {arch}; use 'batchnorm' (True) "
+                    "or 'identity' (False)")
+
+
+def scse(x: Any, channels: int, name: str, reduction: int = 16) -> Any:
+    """SMP ``SCSEModule`` (Roy et al. 2018, concurrent spatial and channel squeeze & excitation).
+
+    ``x·cSE(x) + x·sSE(x)``: cSE = global average → 1×1 conv (bias) to ``channels // reduction`` → ReLU → 1×1 conv
+    (bias) → sigmoid; sSE = 1×1 conv (bias) to one channel → sigmoid.
+    """
+    c = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_cse_pool")(x)
+    c = keras.layers.Conv2D(channels // reduction, 1, name=f"{name}_cse_conv1")(c)
+    c = keras.layers.ReLU(name=f"{name}_cse_relu")(c)
+    c = keras.layers.Conv2D(channels, 1, name=f"{name}_cse_conv2")(c)
+    c = keras.layers.Activation("sigmoid", name=f"{name}_cse_sigmoid")(c)
+    s = keras.layers.Conv2D(1, 1, name=f"{name}_sse_conv")(x)
+    s = keras.layers.Activation("sigmoid", name=f"{name}_sse_sigmoid")(s)
+    xc = keras.layers.Multiply(name=f"{name}_cse_mul")([x, c])
+    xs = keras.layers.Multiply(name=f"{name}_sse_mul")([x, s])
+    return keras.layers.Add(name=f"{name}_add")([xc, xs])
+
+
+def unet_decoder_block(
+    x: Any, skips: Optional[Sequence[Any]], filters: int, name: str, use_batchnorm: bool = True,
+    attention_type: Optional[str] = None, like: Any = None, interpolation: str = "nearest",
+) -> Any:
+    """SMP's Unet / Unet++ ``DecoderBlock``: upsample, concat ``[x, *skips]``, (scse), 2× 3×3 CBR, (scse).
+
+    Upsampling goes to the spatial size of ``like`` when given (SMP 0.6 Unet: the next encoder map's exact size, so
+    any input size works), otherwise ×2 (Unet++). Without skips the first attention is skipped, as in SMP.
+    """
+    if like is not None:
+        x = Resize(interpolation=interpolation, name=f"{name}_up")(x, like=like)
+    else:
+        x = Resize(2, interpolation, name=f"{name}_up")(x)
+    skips = [s for s in (skips or []) if s is not None]
+    if skips:
+        x = keras.layers.Concatenate(name=f"{name}_concat")([x, *skips])
+        if attention_type == "scse":
+            x = scse(x, x.shape[-1], f"{name}_attention1")
+    x = conv_bn_relu(x, filters, 3, f"{name}_conv1", use_batchnorm=use_batchnorm)
+    x = conv_bn_relu(x, filters, 3, f"{name}_conv2", use_batchnorm=use_batchnorm)
+    if attention_type == "scse":
+        x = scse(x, filters, f"{name}_attention2")
+    return x
+
+
+def smp_initialize_decoder(model: keras.Model, prefix: str = "decoder") -> None:
+    """SMP ``initialize_decoder``: kaiming-uniform (fan_in, ReLU gain) kernels and zero biases for every ``Conv2D``
+    whose name starts with ``prefix``.
+
+    Keras' defaults already give the rest of SMP's init: norms start at ones/zeros and the head's glorot-uniform
+    kernel with zero bias is SMP's ``initialize_head`` (xavier-uniform). Transposed convs are not ``nn.Conv2d`` in
+    SMP either, so they keep their own (PyTorch-default) initializers.
+    """
+    init = keras.initializers.HeUniform()
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D) and layer.name.startswith(prefix):
+            layer.kernel.assign(init(layer.kernel.shape, dtype=layer.kernel.dtype))
+            if layer.use_bias:
+                layer.bias.assign(ops.zeros(layer.bias.shape, dtype=layer.bias.dtype))

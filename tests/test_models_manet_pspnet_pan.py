@@ -1,0 +1,241 @@
+"""MAnet, PSPNet and PAN: SMP 0.6.0 parameter pins, shapes, input-size errors, and NumPy references for the PSP
+adaptive pooling and the MAnet position attention block."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from axial_kd_tf.errors import UserError
+from axial_kd_tf.models import blocks, manet, pan, pspnet
+from axial_kd_tf.models.registry import available_architectures
+
+HAVE_ENCODERS = importlib.util.find_spec("axial_kd_tf.models.encoders") is not None
+needs_encoders = pytest.mark.skipif(not HAVE_ENCODERS, reason="axial_kd_tf.models.encoders not available yet")
+
+RESNET34_CHANNELS = [3, 64, 64, 128, 256, 512]
+
+
+def n_trainable(model: keras.Model) -> int:
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
+
+
+def standin_features(depth: int, output_stride: int, size: int) -> list:
+    """keras.Inputs shaped like resnet34's feature maps (stride 2**i, capped at ``output_stride`` by dilation)."""
+    return [keras.Input((size // min(2**i, output_stride),) * 2 + (RESNET34_CHANNELS[i],), name=f"feat{i}")
+            for i in range(depth + 1)]
+
+
+# --------------------------------------------------------------------------------------------- decoder-only pins
+def _manet_decoder_model() -> keras.Model:
+    feats = standin_features(5, 32, 64)
+    x = manet.manet_decoder(feats, RESNET34_CHANNELS, (256, 128, 64, 32, 16))
+    return keras.Model(feats[1:], blocks.segmentation_head(x, 5))
+
+
+def _pspnet_decoder_model() -> keras.Model:
+    feats = standin_features(3, 32, 64)
+    x = pspnet.pspnet_decoder(feats, RESNET34_CHANNELS[:4])
+    return keras.Model(feats[-1], blocks.segmentation_head(x, 5, upsampling=8))
+
+
+def _pan_decoder_model() -> keras.Model:
+    feats = standin_features(5, 16, 128)
+    x = pan.pan_decoder(feats, RESNET34_CHANNELS, encoder_depth=5, decoder_channels=32)
+    return keras.Model(feats[2:], blocks.segmentation_head(x, 5, upsampling=4))
+
+
+@pytest.mark.parametrize(
+    "build, expected, out_size",
+    [
+        (_manet_decoder_model, 10_498_816 + 725, 64),    # SMP: decoder 10,498,816 + head 725
+        (_pspnet_decoder_model, 148_704 + 23_045, 64),   # SMP: decoder 148,704 + head 23,045
+        (_pan_decoder_model, 190_855 + 1_445, 128),      # SMP: decoder 190,855 + head 1,445
+    ],
+    ids=["manet", "pspnet", "pan"],
+)
+def test_decoder_and_head_parameter_counts_match_smp(build, expected, out_size):
+    model = build()
+    assert n_trainable(model) == expected
+    assert tuple(model.output.shape) == (None, out_size, out_size, 5)
+
+
+def test_architectures_register_themselves():
+    assert {"manet", "pspnet", "pan"} <= set(available_architectures())
+
+
+# --------------------------------------------------------------------------------------------- full networks
+@pytest.fixture(scope="module")
+def manet_model() -> keras.Model:
+    return manet.build_manet(5)
+
+
+@pytest.fixture(scope="module")
+def pspnet_model() -> keras.Model:
+    return pspnet.build_pspnet(5)
+
+
+@pytest.fixture(scope="module")
+def pan_model() -> keras.Model:
+    return pan.build_pan(5)
+
+
+MODELS = {
+    # fixture, SMP 0.6.0 trainable parameters (resnet34, 5 classes), name, two valid (H, W), (invalid size, message)
+    "manet": ("manet_model", 31_784_213, "manet_resnet34", [(64, 64), (96, 64)],
+              [((48, 64), "divisible by 32")]),
+    "pspnet": ("pspnet_model", 1_519_653, "pspnet_resnet34", [(64, 64), (72, 40)],
+               [((60, 64), "divisible by 8")]),
+    "pan": ("pan_model", 21_476_972, "pan_resnet34", [(128, 128), (144, 176)],
+            [((120, 128), "divisible by 16"), ((64, 128), "at least 128")]),
+}
+
+
+@needs_encoders
+@pytest.mark.parametrize("arch", list(MODELS))
+def test_full_parameter_count_matches_smp(arch, request):
+    fixture, expected, name, _, _ = MODELS[arch]
+    model = request.getfixturevalue(fixture)
+    assert model.name == name
+    assert n_trainable(model) == expected
+
+
+@needs_encoders
+@pytest.mark.parametrize("arch", list(MODELS))
+def test_output_shape_dtype_at_two_sizes(arch, request):
+    fixture, _, _, sizes, _ = MODELS[arch]
+    model = request.getfixturevalue(fixture)
+    assert tuple(model.input.shape) == (None, None, None, 3)
+    rng = np.random.default_rng(0)
+    for h, w in sizes:
+        out = model(rng.standard_normal((1, h, w, 3)).astype("float32"), training=False)
+        assert tuple(out.shape) == (1, h, w, 5)
+        assert out.dtype == tf.float32
+        assert np.isfinite(out.numpy()).all()
+
+
+@needs_encoders
+@pytest.mark.parametrize("arch", list(MODELS))
+def test_invalid_input_size_names_the_requirement(arch, request):
+    fixture, _, _, _, invalid = MODELS[arch]
+    model = request.getfixturevalue(fixture)
+    for (h, w), message in invalid:
+        with pytest.raises(ValueError, match=message):
+            model(np.zeros((1, h, w, 3), "float32"), training=False)
+
+
+@needs_encoders
+def test_unknown_size_is_checked_at_run_time(pspnet_model):
+    fn = tf.function(lambda x: pspnet_model(x, training=False),
+                     input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)])
+    assert tuple(fn(tf.zeros((1, 40, 48, 3))).shape) == (1, 40, 48, 5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="divisible by 8"):
+        fn(tf.zeros((1, 44, 48, 3)))
+
+
+@needs_encoders
+def test_pan_minimum_size_is_checked_at_run_time():
+    """The FPA pools the 1/16 map three more times: a dynamic-size graph must refuse sides under 128."""
+    check = pan.MinInputSize(128, "pan", name="min_check")
+    fn = tf.function(check, input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)])
+    assert tuple(fn(tf.zeros((1, 128, 144, 3))).shape) == (1, 128, 144, 3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at least 128"):
+        fn(tf.zeros((1, 112, 144, 3)))
+
+
+def test_invalid_options_raise_user_errors():
+    with pytest.raises(UserError, match="decoder_channels"):
+        manet.build_manet(5, decoder_channels=(256, 128, 64, 32))
+    with pytest.raises(UserError, match="upsampling"):
+        pspnet.build_pspnet(5, upsampling=4)
+    with pytest.raises(UserError, match="encoder_output_stride"):
+        pan.build_pan(5, encoder_output_stride=8)
+    with pytest.raises(UserError, match="decoder_use_norm"):
+        pspnet.build_pspnet(5, decoder_use_norm="layernorm")
+
+
+# --------------------------------------------------------------------------------------------- PSP adaptive pooling
+def adaptive_avg_pool_reference(x: np.ndarray, size: int) -> np.ndarray:
+    """PyTorch ``AdaptiveAvgPool2d((size, size))`` on NHWC: bin i covers [floor(i·n/s), ceil((i+1)·n/s))."""
+    _, h, w, _ = x.shape
+    out = np.zeros((x.shape[0], size, size, x.shape[3]), np.float64)
+    for i in range(size):
+        h0, h1 = (i * h) // size, -(-((i + 1) * h) // size)
+        for j in range(size):
+            w0, w1 = (j * w) // size, -(-((j + 1) * w) // size)
+            out[:, i, j] = x[:, h0:h1, w0:w1].mean(axis=(1, 2))
+    return out
+
+
+@pytest.mark.parametrize("shape", [(2, 10, 7, 3), (1, 8, 8, 4), (1, 4, 5, 2), (1, 32, 13, 1)])
+@pytest.mark.parametrize("size", [1, 2, 3, 6])
+def test_adaptive_avg_pool_matches_pytorch_bins(shape, size):
+    x = np.random.default_rng(1).standard_normal(shape).astype("float32")
+    layer = pspnet.AdaptiveAvgPool2D(size)
+    expected = adaptive_avg_pool_reference(x.astype(np.float64), size)
+    np.testing.assert_allclose(layer(x).numpy(), expected, rtol=1e-5, atol=1e-6)
+    # The same with unknown height and width (the shape is read at run time).
+    fn = tf.function(layer, input_signature=[tf.TensorSpec((None, None, None, shape[3]), tf.float32)])
+    np.testing.assert_allclose(fn(x).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_adaptive_pool_bins_overlap_for_non_divisible_sizes():
+    """7 → 3 bins: [0, 3), [2, 5), [4, 7) (PyTorch), i.e. overlapping, not a plain reshape-mean."""
+    matrix = pspnet.adaptive_pool_matrix(7, 3).numpy()
+    expected = np.zeros((3, 7))
+    for i, (a, b) in enumerate([(0, 3), (2, 5), (4, 7)]):
+        expected[i, a:b] = 1 / (b - a)
+    np.testing.assert_allclose(matrix, expected, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------- MAnet PAB
+def _conv_nchw(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """PyTorch Conv2d (stride 1, padding k//2) on NCHW with a Keras HWIO kernel."""
+    k = kernel.shape[0]
+    pad = k // 2
+    w = kernel.transpose(3, 2, 0, 1)  # OIHW
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    _, _, h, wd = x.shape
+    out = np.zeros((x.shape[0], w.shape[0], h, wd))
+    for dy in range(k):
+        for dx in range(k):
+            out += np.einsum("oi,bihw->bohw", w[:, :, dy, dx], xp[:, :, dy:dy + h, dx:dx + wd])
+    return out + bias[None, :, None, None]
+
+
+def pab_reference(x_nchw: np.ndarray, p: dict) -> np.ndarray:
+    """SMP 0.6.0 ``PABBlock.forward`` transcribed to NumPy (NCHW), including its ``reshape(B, C, H, W)``."""
+    b, c, h, w = x_nchw.shape
+    top = _conv_nchw(x_nchw, *p["top"]).reshape(b, -1, h * w)                          # [B, P, HW]
+    center = _conv_nchw(x_nchw, *p["center"]).reshape(b, -1, h * w).transpose(0, 2, 1)  # [B, HW, P]
+    bottom = _conv_nchw(x_nchw, *p["bottom"]).reshape(b, c, h * w).transpose(0, 2, 1)   # [B, HW, C]
+    sp = (center @ top).reshape(b, -1)
+    sp = np.exp(sp - sp.max(axis=1, keepdims=True))
+    sp = (sp / sp.sum(axis=1, keepdims=True)).reshape(b, h * w, h * w)
+    sp = (sp @ bottom).reshape(b, c, h, w)   # a reinterpretation of the [B, HW, C] buffer, as in PyTorch
+    return _conv_nchw(x_nchw + sp, *p["out"])
+
+
+def test_position_attention_block_matches_numpy_reference():
+    channels, pab_channels, h, w = 6, 4, 3, 5
+    inp = keras.Input((None, None, channels))
+    model = keras.Model(inp, manet.pab_block(inp, channels, pab_channels, name="pab"))
+    rng = np.random.default_rng(2)
+    params = {}
+    for part in ("top", "center", "bottom", "out"):
+        layer = model.get_layer(f"pab_{part}_conv")
+        kernel = rng.standard_normal(layer.kernel.shape) * 0.5
+        bias = rng.standard_normal(layer.bias.shape) * 0.1
+        layer.set_weights([kernel.astype("float32"), bias.astype("float32")])
+        params[part] = (kernel, bias)
+    x = rng.standard_normal((2, h, w, channels)).astype("float32")
+    expected = pab_reference(x.transpose(0, 3, 1, 2).astype(np.float64), params).transpose(0, 2, 3, 1)
+    got = model(x).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    # Unknown spatial size at trace time gives the same result.
+    fn = tf.function(model, input_signature=[tf.TensorSpec((None, None, None, channels), tf.float32)])
+    np.testing.assert_allclose(fn(x).numpy(), expected, rtol=1e-4, atol=1e-4)
