@@ -64,6 +64,7 @@ class TeacherConfig:
     positional_encoding: bool = True
     normalization: bool = True
     pool_size: int = 1
+    detach_input: bool = False
 
 
 @dataclass

@@ -68,6 +68,7 @@ def teacher_kwargs(cfg: Config) -> dict:
     return dict(
         hidden_dim=t.hidden_dim, num_heads=t.num_heads, key_dim=t.key_dim, max_span=t.max_span,
         use_positional_encoding=t.positional_encoding, use_normalization=t.normalization, pool_size=t.pool_size,
+        detach_input=t.detach_input,
     )
 
 

@@ -39,6 +39,8 @@ class AxialTeacherHead(keras.layers.Layer):
         use_positional_encoding: position-sensitive attention (Axial-DeepLab) or plain dot-product attention.
         use_normalization: folded BatchNorms inside the axial passes.
         pool_size: average-pool factor before attention (1 = full resolution).
+        detach_input: stop the gradient from the teacher back into the student logits, so the teacher's loss trains
+            the head only and the student learns from the teacher through the distillation term alone.
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class AxialTeacherHead(keras.layers.Layer):
         use_positional_encoding: bool = True,
         use_normalization: bool = True,
         pool_size: int = 1,
+        detach_input: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -66,6 +69,7 @@ class AxialTeacherHead(keras.layers.Layer):
         self.use_positional_encoding = bool(use_positional_encoding)
         self.use_normalization = bool(use_normalization)
         self.pool_size = int(pool_size)
+        self.detach_input = bool(detach_input)
         attn_kwargs = dict(
             num_heads=self.num_heads,
             key_dim=self.key_dim,
@@ -92,7 +96,7 @@ class AxialTeacherHead(keras.layers.Layer):
         self.built = True
 
     def call(self, student_logits: Any, training: bool | None = None) -> Any:
-        x = student_logits
+        x = ops.stop_gradient(student_logits) if self.detach_input else student_logits
         h = x
         if self.pool_size > 1:
             h = ops.average_pool(h, self.pool_size, strides=self.pool_size, padding="same")
@@ -120,5 +124,6 @@ class AxialTeacherHead(keras.layers.Layer):
             use_positional_encoding=self.use_positional_encoding,
             use_normalization=self.use_normalization,
             pool_size=self.pool_size,
+            detach_input=self.detach_input,
         )
         return config

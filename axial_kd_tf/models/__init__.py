@@ -7,6 +7,20 @@
 from __future__ import annotations
 
 from axial_kd_tf.models.registry import available_architectures, build_network, register_architecture
-from axial_kd_tf.models import simple_unet as _simple_unet  # noqa: F401  (registers "simple_unet")
+# Importing a module registers its architecture(s).
+from axial_kd_tf.models import (  # noqa: F401,E402
+    deeplabv3,
+    deeplabv3plus,
+    fpn,
+    linknet,
+    manet,
+    pan,
+    pspnet,
+    simple_unet,
+    unet,
+    unetplusplus,
+)
 
-__all__ = ["available_architectures", "build_network", "register_architecture"]
+ZOO = ("unet", "unetplusplus", "manet", "linknet", "fpn", "pspnet", "pan", "deeplabv3", "deeplabv3plus")
+
+__all__ = ["ZOO", "available_architectures", "build_network", "register_architecture"]
