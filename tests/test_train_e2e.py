@@ -131,3 +131,15 @@ def test_resume_after_interruption(tmp_path):
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]  # epoch 3 only was trained after the resume
     assert sum(l.startswith("epoch") for l in lines) == 1
     assert metrics["best_epoch"] in (1, 2, 3)
+
+
+def test_zoo_architecture_through_the_config(tmp_path):
+    """A zoo network (SMP design, resnet18 encoder, 1 input channel) trains and exports through the same path."""
+    cfg = load_config("quickstart", TINY + [
+        "model.arch=linknet", "model.encoder=resnet18", "model.options={}", "data.image_size=64",
+        "teacher.max_span=64", "train.epochs=1",
+    ])
+    metrics = train(cfg, tmp_path / "z", progress=lambda s: None)
+    assert metrics["student_params"] > 11_000_000  # the resnet18 encoder alone has 11.2M
+    report = json.loads((tmp_path / "z" / "export" / "export_report.json").read_text())
+    assert report["networks"]["student"]["variants"]["float32"]["argmax_agreement"] == 1.0
