@@ -601,3 +601,49 @@ def test_mixed_precision_training_statistics(policy):
         a = getattr(layer.similarity_norm, name)
         assert a.dtype == "float32"
         _assert_close_scaled(a.numpy(), getattr(ref.similarity_norm, name).numpy(), atol=tol, rtol=tol, what=name)
+
+
+@pytest.mark.parametrize("pos", [True, False], ids=["pos", "nopos"])
+def test_training_graph_has_no_reductions_or_concats_over_similarity_tensor(pos):
+    """Analytic similarity normalisation: no reduction, concatenation, pad or slice reads an L²-sized tensor."""
+    shape = (4, 24, 3, 4)  # N = 12 rows of length L = 24, 2 heads: one term is N·h·L² = 13824 ≫ other tensors
+    layer, _ = _built_random_layer(shape, axis="height", num_heads=2, key_dim=3, value_dim=4, pos=pos, max_span=8)
+    term_size = shape[0] * shape[2] * 2 * shape[1] ** 2
+    fn = tf.function(lambda t: layer(t, training=True))
+    graph = fn.get_concrete_function(tf.TensorSpec(shape, tf.float32)).graph
+    big = {}
+    for op in graph.get_operations():
+        if op.type in ("Sum", "Mean", "Max", "SquaredDifference", "ConcatV2", "Pad", "PadV2", "StridedSlice", "Slice"):
+            sizes = [t.shape.num_elements() or 0 for t in op.inputs]
+            if max(sizes, default=0) >= term_size:
+                big[op.name] = op.type
+    assert not big, big
+
+
+def test_training_with_unknown_spatial_size_matches_explicit_batchnorm():
+    """Training-mode statistics with dynamic N and L (one traced graph, several sizes, L above and below max_span)."""
+    layer = _make(axis="width", num_heads=2, key_dim=3, value_dim=4, max_span=5)
+    layer.build((None, None, None, 3))
+    randomize_weights(layer, seed=48)
+    fn = tf.function(lambda t: layer(t, training=True),
+                     input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)])
+    for i, size in enumerate([(3, 7), (5, 4), (2, 9)]):
+        x = _input((2, *size, 3), seed=50 + i)
+        expected = explicit_axial(layer, x, training=True)[0].numpy()  # before the call updates the moving stats
+        _assert_close_scaled(fn(tf.constant(x)).numpy(), expected, what=f"output {size}")
+
+
+@pytest.mark.parametrize("shift", [0.0, 30.0])
+def test_training_statistics_accurate_for_large_means(shift):
+    """|mean| ≫ std (here up to ~70×): the analytic variance must not lose digits to E[x²] − E[x]² cancellation."""
+    shape = (4, 32, 8, 4)
+    layer, _ = _built_random_layer(shape, axis="height", num_heads=2, key_dim=4, value_dim=4, max_span=16)
+    layer.qkv_norm.beta.assign(layer.qkv_norm.beta.numpy() + shift)  # q, k with large means
+    layer.rel_q.assign(layer.rel_q.numpy() + shift / 10)  # tables with large means
+    layer.rel_k.assign(layer.rel_k.numpy() - shift / 10)
+    layer.similarity_norm.momentum = 0.0  # the moving statistics become the batch statistics
+    x = _input(shape, seed=49)
+    mean, variance = (s.numpy() for s in explicit_axial(layer, x, training=True)[1]["similarity_norm"])
+    layer(tf.constant(x), training=True)
+    np.testing.assert_allclose(layer.similarity_norm.moving_variance.numpy(), variance, rtol=1e-5)
+    _assert_close_scaled(layer.similarity_norm.moving_mean.numpy(), mean, atol=1e-6, rtol=1e-6, what="mean")

@@ -15,9 +15,19 @@ Design choices that differ from the public implementations (see ``shared/referen
   layer built at 32×32 and called at 48×48 (or at an unknown size) is exactly the same function as one built at 48.
   deeplab2's layer silently gives wrong results there.
 * **Normalisation folded for Keras 3.** Keras 3 ``BatchNormalization`` normalises along one axis only. As in the
-  official PyTorch design, the three similarity terms are stacked as ``3·heads`` channels of one
-  ``[N, 3·heads, L, L]`` tensor (BN on axis 1), and the two retrieval terms as ``2·heads·value_dim`` channels of one
-  ``[N, L, 2·heads·value_dim]`` tensor (BN on the last axis); each stack is then summed over its terms.
+  official PyTorch design, the three similarity terms are ``3·heads`` channels of one BatchNorm (``similarity_norm``;
+  channel ``term·heads + head``), and the two retrieval terms are ``2·heads·value_dim`` channels of one
+  ``[N, L, 2·heads·value_dim]`` tensor (``output_norm``, BN on the last axis); each stack is then summed over its terms.
+* **Analytic similarity normalisation (no L²-sized BatchNorm work).** Softmax over ``p`` ignores a per-channel shift,
+  so BN of a similarity channel acts on the attention only through its scale ``γ/sqrt(σ² + ε)``. That scale is applied
+  to the small ``[N, L, h, d]`` operands (``k`` for ``q·k``, ``q`` for ``q·r^q``, ``k`` for ``k·r^k``), and in
+  training the batch mean and variance of each bilinear term are computed exactly, in float32, from ``q``, ``k`` and
+  the tables (Gram matrices, ``O(N·L·(h·d)²)``), with the moving statistics updated as Keras BN updates them. The logits
+  equal those of an explicit BN over the stacked ``[N, 3·heads, L, L]`` tensor, forward and backward.
+* **Relative terms without skews.** ``q_o·r^q_{p−o}`` is, for each ``o``, one GEMM of the ``N·heads`` query vectors
+  against the ``L`` table rows ``r^q_{p−o}`` (a contiguous window of the table), so the relative→absolute "skew"
+  (pads and slices of ``2L²``-sized tensors, and their slow gradients) is replaced by one batched GEMM and one
+  transpose; likewise ``k_p·r^k_{p−o}`` (per ``p``) and the retrieval ``Σ_p a_op r^v_{p−o}`` (per ``o``).
 * **At most 5-D.** No intermediate tensor exceeds 5 dimensions and every op lowers to a TFLite builtin.
 * With ``use_positional_encoding=False`` (and ``use_normalization=False``) the layer is plain multi-head scaled
   dot-product attention along the axis.
@@ -122,63 +132,37 @@ class AxialAttention(keras.layers.Layer):
         self.built = True
 
     # ------------------------------------------------------------------ call
-    def _relative_table(self, table: Any, length: Any, reverse: bool = False) -> Any:
-        """Rows ``r^{d}`` for the ``2L − 1`` distances ``d = −(L−1) … L−1`` (clipped to ±(max_span − 1)).
+    def _relative_windows(self, table: Any, length: Any) -> Any:
+        """``W[o, p] = r_{p−o}``, the table row of the clipped distance ``clip(p − o, ±(max_span − 1))``: ``[L, L, d]``.
 
-        With ``reverse`` the rows run from ``d = L−1`` down to ``−(L−1)``.
+        Row ``o`` is the contiguous window of ``L`` table rows that query position ``o`` meets. A gather of
+        ``L²·depth`` entries, independent of the batch (and of the heads).
         """
-        d = ops.arange(-(length - 1), length, dtype="int32")
-        if reverse:
-            d = -d
-        d = ops.clip(d, -(self.max_span - 1), self.max_span - 1) + (self.max_span - 1)
+        pos = ops.arange(0, length, dtype="int32")
+        d = ops.clip(pos[None, :] - pos[:, None], -(self.max_span - 1), self.max_span - 1) + (self.max_span - 1)
         return ops.take(table, d, axis=0)
 
-    @staticmethod
-    def _rel_to_abs(x: Any, length: Any) -> Any:
-        """``[M, L, 2L−1]`` indexed by (o, d + L − 1) → ``[M, L, L]`` indexed by (o, p = o + d).
-
-        The "skew" of Music Transformer / Transformer-XL: pad one column, flatten, drop ``L − 1`` leading entries and
-        re-read rows of width ``2L − 1``; row ``o`` then starts ``o`` entries later. Reshapes, pads and slices only
-        (no gather over an ``L × L`` index), at most 3-D.
-        """
-        m = ops.shape(x)[0]
-        flat = ops.reshape(ops.pad(x, ((0, 0), (0, 0), (0, 1))), (m, -1))  # [M, 2L²]
-        flat = flat[:, length - 1 : length - 1 + length * (2 * length - 1)]
-        return ops.reshape(flat, (m, length, 2 * length - 1))[:, :, :length]
-
-    @staticmethod
-    def _abs_to_rel(x: Any, length: Any) -> Any:
-        """``[M, L, L]`` indexed by (o, p) → ``[M, L, 2L−1]`` indexed by (o, d + L − 1) with ``d = p − o`` (zero-filled).
-
-        The inverse skew: pad each row to ``3L − 2``, then re-read the flat buffer with row stride ``3L − 1``.
-        """
-        m = ops.shape(x)[0]
-        padded = ops.pad(x, ((0, 0), (0, 0), (length - 1, length - 1)))  # [M, L, 3L−2]
-        flat = ops.reshape(padded, (m, -1))
-        flat = ops.pad(flat, ((0, 0), (0, length)))
-        skewed = ops.reshape(flat, (m, length, 3 * length - 1))
-        return skewed[:, :, : 2 * length - 1]
-
-    def _similarity_scales(self, q: Any, k: Any, length: Any, training: bool | None) -> tuple[Any, Any]:
-        """Per-(term, head) scales ``s`` (``[T, h]``) and per-head offsets ``c`` (``[h]``) of the similarity logits.
+    def _similarity_scales(
+        self, qk: Any, qk_t: Any, w_q: Any, w_k: Any, length: Any, training: bool | None
+    ) -> tuple[Any, Any]:
+        """Per-(term, head) scales ``s`` (``[T, h]``, float32) and per-head offsets ``c`` (``[h]`` or ``None``).
 
         ``logits = Σ_t s_t ⊙ term_t + c`` equals the sum over terms of ``similarity_norm`` applied to the stacked
         ``[N, T·h, L, L]`` similarity tensor, without building that tensor: BatchNorm of channel ``t`` is the affine map
         ``s_t (x − μ_t) + β_t`` with ``s_t = γ_t / sqrt(σ²_t + ε)``, and in training the batch moments ``μ_t``, ``σ²_t``
         of each bilinear term are computed in closed form from ``q``, ``k`` and the relative tables
-        (:meth:`_similarity_moments`). ``c`` is softmax-invariant; it is kept so that the logits (and ``β``'s
-        gradient, zero up to round-off) are those of the explicit BatchNorm.
+        (:meth:`_similarity_moments`). ``c = Σ_t (β_t − s_t μ_t)`` is softmax-invariant; it is kept so that the logits
+        are exactly those of the explicit BatchNorm (and ``β`` keeps its round-off-sized gradient).
+        Without normalisation ``s = 1/sqrt(key_dim)`` and ``c = None``.
         """
         n_terms = 3 if self.use_positional_encoding else 1
         h = self.num_heads
         if not self.use_normalization:
-            scale = ops.full((n_terms, h), 1.0 / math.sqrt(self.key_dim), dtype="float32")
-            return scale, None
+            return ops.full((n_terms, h), 1.0 / math.sqrt(self.key_dim), dtype="float32"), None
         bn = self.similarity_norm
-        gamma = ops.cast(bn.gamma, "float32")
-        beta = ops.cast(bn.beta, "float32")
         if training and bn.trainable:
-            mean, variance = self._similarity_moments(q, k, length)
+            mean, variance = self._similarity_moments(qk, qk_t, w_q, w_k, length)
+            # Exactly keras.layers.BatchNormalization's update (biased batch variance).
             bn.moving_mean.assign(
                 ops.cast(bn.moving_mean, "float32") * bn.momentum + mean * (1.0 - bn.momentum)
             )
@@ -188,48 +172,52 @@ class AxialAttention(keras.layers.Layer):
         else:
             mean = ops.cast(bn.moving_mean, "float32")
             variance = ops.cast(bn.moving_variance, "float32")
-        scale = gamma * ops.rsqrt(variance + bn.epsilon)  # [T·h]
-        offset = ops.sum(ops.reshape(beta - scale * mean, (n_terms, h)), axis=0)  # [h]
+        scale = ops.cast(bn.gamma, "float32") * ops.rsqrt(variance + bn.epsilon)  # [T·h]
+        offset = ops.sum(ops.reshape(ops.cast(bn.beta, "float32") - scale * mean, (n_terms, h)), axis=0)
         return ops.reshape(scale, (n_terms, h)), offset
 
-    def _similarity_moments(self, q: Any, k: Any, length: Any) -> tuple[Any, Any]:
-        """Exact batch mean and (biased) variance of the ``T·h`` similarity channels, in float32, from small tensors.
+    def _similarity_moments(self, qk: Any, qk_t: Any, w_q: Any, w_k: Any, length: Any) -> tuple[Any, Any]:
+        """Exact batch mean and (biased) variance of the ``T·h`` similarity channels (float32) from small tensors.
 
-        With ``N`` rows of length ``L`` each channel has ``N·L²`` entries. Per head:
+        ``qk`` is ``[N, L, 2·h·d]`` (``q`` then ``k``, head-major), ``qk_t`` its ``[L, N, 2·h·d]`` transpose (only with
+        positional encoding). Each channel has ``N·L²`` entries. Per head:
 
-        * ``qk[o,p] = q_o·k_p``: ``Σ = Σ_n (Σ_o q_o)·(Σ_p k_p)``, ``Σ x² = Σ_n ⟨Σ_o q_o q_oᵀ, Σ_p k_p k_pᵀ⟩``.
-        * ``qr[o,p] = q_o·r_{p−o}``: with the band mask ``M[o, j] = [0 ≤ o + j − (L−1) < L]`` over the ``2L − 1``
-          distance rows ``e_j``, ``Σ = Σ_{o,j} M[o,j] (Σ_n q_o)·e_j`` and ``Σ x² = Σ_{o,j} M[o,j] e_jᵀ (Σ_n q_o q_oᵀ) e_j``.
-        * ``kr[o,p] = k_p·r_{p−o}``: the same with the roles of ``o`` and ``p`` swapped (``M[p, j] = [0 ≤ p − j + L − 1 < L]``).
+        * ``qk[o,p] = q_o·k_p``: ``Σ x = Σ_n (Σ_o q_o)·(Σ_p k_p)``, ``Σ x² = Σ_n ⟨Σ_o q_o q_oᵀ, Σ_p k_p k_pᵀ⟩``.
+        * ``qr[o,p] = q_o·W_q[o,p]``: ``Σ x = Σ_o (Σ_n q_o)·(Σ_p W_q[o,p])``,
+          ``Σ x² = Σ_o ⟨Σ_n q_o q_oᵀ, Σ_p W_q[o,p] W_q[o,p]ᵀ⟩``.
+        * ``kr[o,p] = k_p·W_k[p,o]``: the same with ``k``, ``W_k`` and the roles of ``o`` and ``p`` swapped.
 
-        Cost ``O(N·L·h·d² + L²·h·d²)``; nothing has an ``N·L²`` factor. Differentiable, so gradients flow through the
-        batch statistics as in BatchNorm.
+        The Gram matrices are batched GEMMs over all ``2·h·d`` channels at once (per row ``n``, contracting the ``L``
+        positions; per position, contracting the ``N`` rows); the cross-head blocks are computed and dropped. They are
+        formed from mean-shifted float32 data and assembled in float64 (:func:`_shifted_gram`), so that
+        ``σ² = E[x²] − E[x]²`` stays accurate when ``|E[x]| ≫ σ``. Cost ``O(N·L·(h·d)²)``: nothing has an ``N·L²``
+        factor. Built from differentiable ops, so gradients flow through the batch statistics as through BatchNorm's.
         """
-        q = ops.cast(q, "float32")  # [N, L, h, d]
-        k = ops.cast(k, "float32")
-        n_rows = ops.shape(q)[0]
-        count = ops.cast(n_rows * length * length, "float32")
-        # qk
-        s1 = [ops.sum(ops.sum(q, axis=1) * ops.sum(k, axis=1), axis=(0, 2))]
-        gram_q = ops.einsum("nohd,nohe->nhde", q, q)
-        gram_k = ops.einsum("nphd,nphe->nhde", k, k)
-        s2 = [ops.sum(gram_q * gram_k, axis=(0, 2, 3))]
+        h, d = self.num_heads, self.key_dim
+        hd = h * d
+        same_head = ops.eye(h, dtype="float64")[:, None, :, None]  # [h, 1, h, 1]
+
+        def per_head_trace(a: Any, b: Any) -> Any:
+            """Per head ``i``: ``⟨a, b⟩`` over the diagonal ``(i, i)`` blocks of ``[..., h·d, h·d]`` → ``[h]``."""
+            prod = ops.reshape(ops.sum(ops.reshape(a * b, (-1, hd, hd)), axis=0), (h, d, h, d))
+            return ops.sum(prod * same_head, axis=(1, 2, 3))
+
+        count = ops.cast(ops.shape(qk)[0], "float64") * ops.square(ops.cast(length, "float64"))  # N·L²
+        sums, gram = _shifted_gram(qk)  # per row: Σ_o x_o [N, 2hd], Σ_o x_o x_oᵀ [N, 2hd, 2hd]
+        sums = ops.reshape(sums, (-1, 2, h, d))
+        s1 = [ops.sum(sums[:, 0] * sums[:, 1], axis=(0, 2))]
+        s2 = [per_head_trace(gram[:, :hd, :hd], gram[:, hd:, hd:])]
         if self.use_positional_encoding:
-            j = ops.arange(0, 2 * length - 1, dtype="int32")[None, :]
-            o = ops.arange(0, length, dtype="int32")[:, None]
-            for x, table, sign in ((q, self.rel_q, 1), (k, self.rel_k, -1)):
-                e = ops.cast(self._relative_table(table, length), "float32")  # [2L−1, d], d = p − o = j − (L−1)
-                other = o + sign * (j - (length - 1))  # the position (p for q, o for k) that row o/p meets at j
-                band = ops.cast(ops.logical_and(other >= 0, other < length), "float32")  # [L, 2L−1]
-                x_sum = ops.sum(x, axis=0)  # [L, h, d]
-                x_gram = ops.einsum("nohd,nohe->ohde", x, x)  # [L, h, d, d]
-                s1.append(ops.sum(ops.einsum("ohd,jd->ohj", x_sum, e) * band[:, None, :], axis=(0, 2)))
-                e_outer = ops.reshape(e[:, :, None] * e[:, None, :], (2 * length - 1, -1))  # [2L−1, d²]
-                weights = ops.matmul(band, e_outer)  # [L, d²]: Σ_j M[o, j] e_j e_jᵀ
-                s2.append(ops.einsum("ohx,ox->h", ops.reshape(x_gram, (length, self.num_heads, -1)), weights))
+            pos_sums, pos_gram = _shifted_gram(qk_t)  # per position: Σ_n [L, 2hd], Σ_n x xᵀ [L, 2hd, 2hd]
+            pos_sums = ops.reshape(pos_sums, (length, 2, h, d))
+            for i, w in enumerate((w_q, w_k)):
+                w_sum, w_gram = _shifted_gram(w)  # [L, d], [L, d, d]: Σ over the other position
+                s1.append(ops.sum(pos_sums[:, i] * w_sum[:, None, :], axis=(0, 2)))
+                block = pos_gram[:, i * hd : (i + 1) * hd, i * hd : (i + 1) * hd]  # [L, hd, hd]
+                s2.append(per_head_trace(block, ops.tile(w_gram, (1, h, h))))
         mean = ops.concatenate(s1, axis=0) / count
         variance = ops.maximum(ops.concatenate(s2, axis=0) / count - ops.square(mean), 0.0)
-        return mean, variance
+        return ops.cast(mean, "float32"), ops.cast(variance, "float32")
 
     def call(self, inputs: Any, training: bool | None = None) -> Any:
         x = inputs
@@ -245,53 +233,60 @@ class AxialAttention(keras.layers.Layer):
         x = ops.reshape(x, (batch * other, length, channels))
 
         h, dk, dv = self.num_heads, self.key_dim, self.value_dim
+        pos = self.use_positional_encoding
         qkv = ops.matmul(x, self.qkv_kernel)  # [N, L, h·(2dk+dv)]
         if self.use_normalization:
             qkv = self.qkv_norm(qkv, training=training)
         else:
             qkv = qkv + self.qkv_bias
-        q = ops.reshape(qkv[..., : h * dk], (-1, length, h, dk))
-        k = ops.reshape(qkv[..., h * dk : 2 * h * dk], (-1, length, h, dk))
-        v = ops.reshape(qkv[..., 2 * h * dk :], (-1, length, h, dv))
+        qk, v = ops.split(qkv, [2 * h * dk], axis=-1)
+        q, k = (ops.reshape(t, (-1, length, h, dk)) for t in ops.split(qk, 2, axis=-1))
+        v = ops.reshape(v, (-1, length, h, dv))
+        n_rows = ops.shape(q)[0]
 
-        # The similarity normalisation (or 1/sqrt(dk)) is a per-(term, head) scale plus a per-head offset: apply
-        # the scales to the [N, L, h, dk] operands, never to an [N, h, L, L] tensor.
-        scale, offset = self._similarity_scales(q, k, length, training)
-        scale = ops.cast(scale, q.dtype)[:, None, None, :, None]  # [T, 1, 1, h, 1]
-        k_qk = k * scale[0]
-        q_qk = q
+        qk_t = w_q = w_k = None
+        if pos:
+            qk_t = ops.transpose(qk, (1, 0, 2))  # [L, N, 2h·dk]: position-major, for the per-position GEMMs
+            w_q = self._relative_windows(self.rel_q, length)  # [L (o), L (p), dk]: W_q[o, p] = r^q_{p−o}
+            w_k = ops.transpose(self._relative_windows(self.rel_k, length), (1, 0, 2))  # W_k[p, o] = r^k_{p−o}
+
+        # The similarity normalisation (or 1/sqrt(dk)) is a per-(term, head) scale plus a per-head offset: apply the
+        # scales to the [N, L, h, dk] operands, never to an [N, h, L, L] tensor.
+        scale, offset = self._similarity_scales(qk, qk_t, w_q, w_k, length, training)
+        scale = ops.cast(scale, q.dtype)
+        q_qk, k_qk = q, k * scale[0][:, None]
         if offset is not None:
-            # q_o·k_p + c: one more contraction column instead of an [N, h, L, L] broadcast add.
+            # q_o·k_p + c as one more contraction column, instead of an [N, h, L, L] broadcast add.
             ones = ops.ones_like(q[..., :1])
-            q_qk = ops.concatenate([q, ones], axis=-1)
+            q_qk = ops.concatenate([q_qk, ones], axis=-1)
             k_qk = ops.concatenate([k_qk, ones * ops.cast(offset, q.dtype)[:, None]], axis=-1)
         logits = ops.einsum("nohd,nphd->nhop", q_qk, k_qk)  # [N, h, L, L]
-        if self.use_positional_encoding:
-            # q_o·r^q_{p−o}: one GEMM against the 2L−1 distance rows, then relative → absolute positions.
-            e_q = self._relative_table(self.rel_q, length)  # [2L−1, dk]
-            qr = ops.einsum("nohd,rd->nhor", q * scale[1], e_q)
-            qr = ops.reshape(self._rel_to_abs(ops.reshape(qr, (-1, length, 2 * length - 1)), length),
-                             (-1, h, length, length))
-            # k_p·r^k_{p−o}: rows in reversed distance order give [p, o]; transpose to [o, p].
-            e_k = self._relative_table(self.rel_k, length, reverse=True)
-            kr = ops.einsum("nphd,rd->nhpr", k * scale[2], e_k)
-            kr = ops.reshape(self._rel_to_abs(ops.reshape(kr, (-1, length, 2 * length - 1)), length),
-                             (-1, h, length, length))
-            logits = logits + qr + ops.transpose(kr, (0, 1, 3, 2))
+        if pos:
+            # q_o·r^q_{p−o}: for each query o one GEMM of its N·h query vectors against the L rows W_q[o, :]; the
+            # result is [o, N·h, p]. No relative→absolute skew (pads, slices) over L² tensors, one transpose.
+            # k_p·r^k_{p−o}: for each memory position p one GEMM against W_k[p, :], giving [p, N·h, o].
+            qk_scale = ops.reshape(ops.tile(scale[1:, :, None], (1, 1, dk)), (2 * h * dk,))  # s_qr on q, s_kr on k
+            q_t, k_t = (ops.reshape(t, (length, -1, dk)) for t in ops.split(qk_t * qk_scale, 2, axis=-1))
+            qr = ops.matmul(q_t, ops.transpose(w_q, (0, 2, 1)))  # [o, N·h, p]
+            qr = ops.transpose(ops.reshape(qr, (length, n_rows, h, length)), (1, 2, 0, 3))
+            kr = ops.matmul(k_t, ops.transpose(w_k, (0, 2, 1)))  # [p, N·h, o]
+            kr = ops.transpose(ops.reshape(kr, (length, n_rows, h, length)), (1, 2, 3, 0))
+            logits = logits + qr + kr
 
         attn = ops.softmax(logits, axis=-1)  # over memory positions p
         out = ops.einsum("nhop,nphd->nohd", attn, v)  # [N, L, h, dv]
         out = ops.reshape(out, (-1, length, h * dv))
-        if self.use_positional_encoding:
-            # Σ_p a_op r^v_{p−o}: absolute → relative attention weights, then one GEMM with the distance rows.
-            e_v = self._relative_table(self.rel_v, length)  # [2L−1, dv]
-            a_rel = ops.reshape(self._abs_to_rel(ops.reshape(attn, (-1, length, length)), length),
-                                (-1, h, length, 2 * length - 1))
-            out_r = ops.einsum("nhor,rd->nohd", a_rel, e_v)
-            out_r = ops.reshape(out_r, (-1, length, h * dv))
+        if pos:
+            # Σ_p a_op r^v_{p−o}: for each query o one GEMM of its N·h attention rows against the L rows W_v[o, :].
+            w_v = self._relative_windows(self.rel_v, length)  # [L (o), L (p), dv]
+            a_t = ops.reshape(ops.transpose(attn, (2, 0, 1, 3)), (length, -1, length))  # [o, N·h, p]
+            out_r = ops.matmul(a_t, w_v)  # [o, N·h, dv]
+            out_r = ops.reshape(ops.transpose(ops.reshape(out_r, (length, n_rows, h, dv)), (1, 0, 2, 3)),
+                                (-1, length, h * dv))
             if self.use_normalization:
                 both = self.output_norm(ops.concatenate([out, out_r], axis=-1), training=training)
-                out = both[..., : h * dv] + both[..., h * dv :]
+                out_a, out_b = ops.split(both, 2, axis=-1)
+                out = out_a + out_b
             else:
                 out = out + out_r
         elif self.use_normalization:
@@ -318,3 +313,25 @@ class AxialAttention(keras.layers.Layer):
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
         )
         return config
+
+
+def _shifted_gram(x: Any) -> tuple[Any, Any]:
+    """``(Σ_k x[b, k], Σ_k x[b, k] x[b, k]ᵀ)`` of ``x: [B, K, C]`` as float64 ``[B, C]`` and ``[B, C, C]``.
+
+    The GEMM runs in float32 on ``x − μ`` (``μ`` the channel mean over ``B, K``, a constant for the gradient) and the
+    result is shifted back in float64: ``Σ x xᵀ = Σ x̃ x̃ᵀ + s̃ μᵀ + μ s̃ᵀ + K μ μᵀ`` with ``s̃ = Σ x̃``. The identity holds
+    for any ``μ``; centring keeps the float32 part small, so the float64 moments do not lose the variance to
+    cancellation when the data have a large mean.
+    """
+    x = ops.cast(x, "float32")
+    shift = ops.stop_gradient(ops.mean(x, axis=(0, 1)))
+    centred = x - shift
+    s = ops.cast(ops.sum(centred, axis=1), "float64")
+    g = ops.cast(ops.matmul(ops.transpose(centred, (0, 2, 1)), centred), "float64")
+    shift = ops.cast(shift, "float64")
+    k = ops.cast(ops.shape(x)[1], "float64")
+    sums = s + k * shift
+    gram = g + s[:, :, None] * shift[None, None, :] + shift[None, :, None] * s[:, None, :] + k * (
+        shift[:, None] * shift[None, :]
+    )
+    return sums, gram
