@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/teacher_overhead.py at a tiny size (no XLA, so it runs in seconds)."""
+"""Smoke tests of benchmarks/teacher_overhead.py at a tiny size (no XLA, so they run in seconds)."""
 
 from __future__ import annotations
 
@@ -22,16 +22,11 @@ def _load_benchmark():
     return module
 
 
-def test_teacher_overhead_tiny(tmp_path: Path) -> None:
-    bench = _load_benchmark()
-    out = tmp_path / "overhead.json"
-    args = bench.parse_args([
-        "--config", str(ROOT / "configs" / "quickstart.yaml"),
-        "--size", "32", "--batch-size", "2", "--steps", "2", "--warmup", "1",
-        "--options", '{"base_filters": 4, "depth": 2}', "--no-jit", "--out", str(out),
-    ])
-    result = bench.run_benchmark(args, log=lambda msg: None)
+TINY = ["--size", "32", "--batch-size", "2", "--steps", "2", "--warmup", "1", "--paired-steps", "2",
+        "--options", '{"base_filters": 4, "depth": 2}', "--no-jit"]
 
+
+def _check(result: dict, out: Path) -> None:
     assert out.is_file() and out.with_suffix(".md").is_file()
     saved = json.loads(out.read_text())
     assert saved["rows"] and saved["machine"]["tensorflow"] and saved["config"]["model"]["options"]["depth"] == 2
@@ -53,3 +48,29 @@ def test_teacher_overhead_tiny(tmp_path: Path) -> None:
     assert isinstance(row["meets_time_target"], bool)
     assert distill["config"]["distill"]["enabled"] and not baseline["config"]["distill"]["enabled"]
     assert distill["config"]["train"]["jit_compile"] is False
+    paired = row["paired"]
+    assert len(paired["baseline_step_times_s"]) == len(paired["distill_step_times_s"]) == 2
+    assert math.isfinite(row["paired_time_ratio"]) and row["paired_time_ratio"] > 0
+    assert row["target_ratio_used"] == "paired"
+
+
+def test_teacher_overhead_tiny_in_process(tmp_path: Path) -> None:
+    """The whole benchmark in this process (fast path)."""
+    bench = _load_benchmark()
+    out = tmp_path / "overhead.json"
+    args = bench.parse_args(["--config", str(ROOT / "configs" / "quickstart.yaml"), *TINY, "--isolation", "none",
+                             "--out", str(out)])
+    _check(bench.run_benchmark(args, log=lambda msg: None), out)
+
+
+@pytest.mark.slow
+def test_teacher_overhead_tiny_worker_processes(tmp_path: Path) -> None:
+    """The default path: each mode in a fresh worker process (two more TensorFlow start-ups, ~30-60 s)."""
+    bench = _load_benchmark()
+    out = tmp_path / "overhead.json"
+    lines: list[str] = []
+    args = bench.parse_args(["--config", str(ROOT / "configs" / "quickstart.yaml"), *TINY, "--out", str(out)])
+    result = bench.run_benchmark(args, log=lines.append)
+    _check(result, out)
+    assert any("[distill" in line for line in lines)  # worker progress is streamed back
+    assert result["baselines"][result["rows"][0]["baseline_key"]]["pid"] != result["rows"][0]["distill"]["pid"]

@@ -1,0 +1,91 @@
+"""Smoke test of benchmarks/zoo.py: two architectures at a tiny size, in this process, without XLA (fast)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from axial_kd_tf.models import build_network
+
+ROOT = Path(__file__).resolve().parent.parent
+ARCHS = ("unet", "pspnet")  # pspnet: the cheapest graph to trace (keeps the test well under a minute)
+ENCODER, K, C = "resnet18", 5, 3
+
+
+def _load_benchmark():
+    path = ROOT / "benchmarks" / "zoo.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_zoo_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_zoo_benchmark_two_archs(tmp_path: Path) -> None:
+    bench = _load_benchmark()
+    out = tmp_path / "zoo.json"
+    lines: list[str] = []
+    # jit off: XLA compilation alone would take minutes on a 2-core CPU (the default run uses the config's jit).
+    args = bench.parse_args([
+        "--archs", *ARCHS, "--encoder", ENCODER, "--size", "64", "--batch", "2", "--steps", "1", "--warmup", "1",
+        "--num-classes", str(K), "--in-channels", str(C), "--config", str(ROOT / "configs" / "quickstart.yaml"),
+        "--set", "train.jit_compile=false", "--isolation", "none", "--tflite-repeats", "1", "--out", str(out),
+    ])
+    result = bench.run_benchmark(args, log=lines.append)
+
+    assert out.is_file() and out.with_suffix(".md").is_file()
+    saved = json.loads(out.read_text())
+    assert saved["benchmark"] == "zoo" and saved["machine"]["tensorflow"]
+    assert [r["arch"] for r in saved["rows"]] == list(ARCHS)
+    md = out.with_suffix(".md").read_text()
+    assert "| arch |" in md and all(f"| {a} |" in md for a in ARCHS)
+    assert any("[arch 1/2]" in line and "phase" in line for line in lines)  # progress is reported
+
+    for row in result["rows"]:
+        assert row["errors"] == {}, row["errors"]
+        net = build_network(row["arch"], encoder=ENCODER, num_classes=K, in_channels=C)
+        assert row["student_params"] == net.count_params()
+        assert row["student_trainable_params"] == sum(int(np.prod(w.shape)) for w in net.trainable_weights)
+        assert row["teacher_params"] > 0 and 0 < row["teacher_trainable_params"] <= row["teacher_params"]
+        assert row["flops"] > 0 and row["gflops"] == pytest.approx(row["flops"] / 1e9)
+        for mode in ("baseline", "distill"):
+            assert len(row[mode]["step_times_s"]) == 1 and row[mode]["time"]["median_s"] > 0
+            assert row[mode]["jit_compile"] is False and row[mode]["jit_fallback"] is None
+        for key in ("time_ratio", "cpu_time_ratio"):
+            assert row[key] is not None and math.isfinite(row[key]) and row[key] > 0, key
+        tfl = row["tflite"]
+        assert tfl["mean_latency_ms"] > 0 and math.isfinite(tfl["max_abs_diff"]) and tfl["max_abs_diff"] < 1e-3
+
+
+def test_zoo_benchmark_rejects_unknown_arch(tmp_path: Path) -> None:
+    bench = _load_benchmark()
+    args = bench.parse_args(["--archs", "unet,resnet", "--out", str(tmp_path / "z.json")])
+    with pytest.raises(bench.UserError, match="unknown architecture"):
+        bench.run_benchmark(args, log=lambda _m: None)
+    assert not (tmp_path / "z.json").exists()
+
+
+@pytest.mark.slow
+def test_zoo_benchmark_worker_process_and_jit_fallback(tmp_path: Path) -> None:
+    """The default path: a worker process per architecture, the config's jit_compile=True; unet's nearest-resize
+    gradient has no XLA kernel, so both modes fall back to jit_compile=False and the row says so (~1-2 min)."""
+    bench = _load_benchmark()
+    out = tmp_path / "zoo.json"
+    lines: list[str] = []
+    args = bench.parse_args([
+        "--archs", "unet", "--encoder", ENCODER, "--size", "64", "--batch", "2", "--steps", "1", "--warmup", "1",
+        "--config", str(ROOT / "configs" / "quickstart.yaml"), "--tflite-repeats", "1", "--out", str(out),
+    ])
+    result = bench.run_benchmark(args, log=lines.append)
+    (row,) = result["rows"]
+    assert row["errors"] == {} and row["pid"] != bench.os.getpid()
+    assert any("[baseline]" in line for line in lines)  # the worker's progress is streamed back
+    for mode in ("baseline", "distill"):
+        assert row[mode]["jit_compile"] is False and "ResizeNearestNeighborGrad" in row[mode]["jit_fallback"]
+    assert "without XLA" in out.with_suffix(".md").read_text()
