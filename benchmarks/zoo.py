@@ -80,8 +80,8 @@ from benchmarks.teacher_overhead import (  # noqa: E402
 DEFAULT_OUT = Path("benchmarks/results/zoo.json")
 DEFAULT_ENCODER = "resnet34"
 # The full default run (9 architectures × 2 trainers at 256², batch 8) must finish in < 30 min on a 2-core CPU.
-# Measured (benchmarks/README.md): 941 s with 2 timed steps on a quiet machine (load ~1.4); a third step adds ~1.5 min,
-# so 3 stays the default. Other jobs on the cores slow steps ~1.9× (load 4-5), which can push it past 30 min.
+# Measured (benchmarks/README.md): 1044 s with these defaults at load ~1.4; DeepLabV3 alone takes ~280 s (its
+# XLA-compiled step is ~26 s). Other jobs on the cores slow steps ~1.9× (load 4-5), which can push it past 30 min.
 DEFAULT_STEPS, DEFAULT_WARMUP = 3, 1
 DEFAULT_TFLITE_REPEATS, DEFAULT_TFLITE_IMAGES = 3, 1
 BUDGET_S = 30 * 60
@@ -414,7 +414,7 @@ def _failed_row(arch: str, args: argparse.Namespace, why: str) -> dict:
 
 # ------------------------------------------------------------------------------------------------------ reporting
 COLUMNS = ("arch", "student params (trainable)", "teacher params", "GFLOPs (b=1)", "baseline step s",
-           "distill step s", "distill / baseline", "CPU ratio", "TFLite ms (1 thr)", "TFLite max|diff|", "status")
+           "distill step s", "distill / baseline", "CPU ratio", "TFLite ms (1 thr)", "TFLite max \\|diff\\|", "status")
 
 
 def _fmt_step(mode: Optional[dict]) -> str:
@@ -440,7 +440,7 @@ def format_table(rows: Sequence[dict]) -> str:
                  _fmt_step(r.get("baseline")), _fmt_step(r.get("distill")), _fmt(r.get("time_ratio"), ".2f", "×"),
                  _fmt(r.get("cpu_time_ratio"), ".2f", "×"), _fmt(tfl.get("mean_latency_ms"), ".1f"),
                  _fmt(tfl.get("max_abs_diff"), ".1e"), status]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
 
