@@ -83,9 +83,18 @@ class DistillConfig:
 
 @dataclass
 class DataConfig:
-    """The dataset. ``synthetic`` is the procedurally generated 5-class quickstart set."""
+    """The dataset (see ``axial_kd_tf.data``).
 
-    dataset: Literal["synthetic"] = "synthetic"
+    * ``synthetic``: the procedurally generated 5-class quickstart set (``image_size``, ``*_samples``).
+    * ``sstem``: the paper's ssTEM Drosophila set (5 classes), the lab's 5-fold protocol selected by ``fold``.
+    * ``covid``: MedSeg COVID-19 CT (4 classes): ``train_slices`` / ``val_slices`` / rest test, ``window`` in HU.
+    * ``folders``: ``root/images`` + ``root/masks`` matched by stem, with ``value_map`` and ``class_names``.
+
+    ``root`` is an existing copy; when null, ``sstem`` / ``covid`` are read from the download cache
+    (``$AXIAL_KD_DATA_DIR/<dataset>``, default ``~/.cache/axial_kd_tf/<dataset>``).
+    """
+
+    dataset: Literal["synthetic", "sstem", "covid", "folders"] = "synthetic"
     root: Optional[str] = None
     cache_dir: Optional[str] = None
     image_size: int = 128
@@ -95,6 +104,19 @@ class DataConfig:
     test_samples: int = 32
     augment: bool = True
     seed: int = 0
+    # sstem: which of the 5 folds (blocks of 4 consecutive sections) is held out for test.
+    fold: int = 0
+    # Evaluation splits cut into non-overlapping tiles of this side (the ssTEM protocol: 256); null = whole images.
+    tile_size: Optional[int] = None
+    # covid: CT intensity window [low, high] in HU mapped to [0, 1]; null = min-max over the volume.
+    window: Optional[list] = None
+    train_slices: int = 70
+    val_slices: int = 15
+    # folders: mask value -> class id, class names (index = class id), validation / test share of the stems.
+    value_map: Optional[dict] = None
+    class_names: Optional[list] = None
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
 
 
 @dataclass
@@ -244,8 +266,27 @@ def _validate_ranges(cfg: Config) -> None:
            "distill.class_weights", "must be a list of non-negative numbers, one per class")
     for key in ("image_size",):
         _check(getattr(ds, key) >= 8, f"data.{key}", "must be >= 8")
-    _check(ds.crop_size is None or 8 <= ds.crop_size <= ds.image_size, "data.crop_size",
-           f"must be between 8 and data.image_size ({ds.image_size}) or null")
+    if ds.dataset == "synthetic":
+        _check(ds.crop_size is None or 8 <= ds.crop_size <= ds.image_size, "data.crop_size",
+               f"must be between 8 and data.image_size ({ds.image_size}) or null")
+    else:
+        _check(ds.crop_size is None or ds.crop_size >= 8, "data.crop_size", "must be >= 8 or null")
+    _check(0 <= ds.fold <= 4, "data.fold", "must be between 0 and 4 (the ssTEM protocol has 5 folds)")
+    _check(ds.tile_size is None or ds.tile_size >= 8, "data.tile_size", "must be >= 8 or null")
+    _check(ds.window is None or (len(ds.window) == 2 and all(isinstance(v, (int, float)) for v in ds.window)
+                                 and ds.window[0] < ds.window[1]),
+           "data.window", "must be [low, high] in HU with low < high (e.g. [-1000, 400]) or null")
+    _check(ds.train_slices >= 1, "data.train_slices", "must be >= 1")
+    _check(ds.val_slices >= 1, "data.val_slices", "must be >= 1")
+    _check(0.0 <= ds.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
+    _check(0.0 <= ds.test_fraction < 1.0 and ds.val_fraction + ds.test_fraction < 1.0, "data.test_fraction",
+           "must be in [0, 1) with val_fraction + test_fraction < 1")
+    if ds.dataset == "folders":
+        _check(ds.root is not None, "data.root", "must name the folder holding images/ and masks/ (dataset: folders)")
+        _check(ds.value_map is not None and len(ds.value_map) > 0, "data.value_map",
+               "must map mask values to class ids, e.g. {0: 0, 255: 1} (dataset: folders)")
+        _check(ds.class_names is None or (len(ds.class_names) > 0 and all(isinstance(c, str) for c in ds.class_names)),
+               "data.class_names", "must be a list of class names or null")
     for key in ("train_samples", "val_samples", "test_samples"):
         _check(getattr(ds, key) >= 1, f"data.{key}", "must be >= 1")
     _check(tr.epochs >= 1, "train.epochs", "must be >= 1")

@@ -53,7 +53,11 @@ class DataBundle:
 
 
 def load_data(cfg: Config) -> DataBundle:
-    """Load the dataset named by ``cfg.data.dataset``."""
+    """Load the dataset named by ``cfg.data.dataset``.
+
+    Each loader module (``sstem``, ``covid``, ``folders``) exposes ``load(data_config) -> DataBundle``: training
+    arrays at full size (random crops are taken by the tf.data pipeline) and evaluation splits ``val`` / ``test``.
+    """
     d = cfg.data
     if d.dataset == "synthetic":
         from axial_kd_tf.data import synthetic
@@ -69,4 +73,16 @@ def load_data(cfg: Config) -> DataBundle:
             train_masks=train[1],
             splits={"val": split("val", d.val_samples), "test": split("test", d.test_samples)},
         )
+    if d.dataset == "sstem":
+        from axial_kd_tf.data import sstem
+
+        return sstem.load(d)
+    if d.dataset == "covid":
+        from axial_kd_tf.data import covid
+
+        return covid.load(d)
+    if d.dataset == "folders":
+        from axial_kd_tf.data import folders
+
+        return folders.load(d)
     raise UserError(f"unknown data.dataset '{d.dataset}'")  # unreachable: the config validates the literal
