@@ -71,6 +71,8 @@ def read_mask(path: Path) -> np.ndarray:
     import cv2
 
     array = read_array(path, cv2.IMREAD_UNCHANGED)
+    if array.ndim == 3 and array.shape[2] == 4:
+        array = array[..., :3]  # alpha (e.g. a grey+alpha PNG) carries no label
     if array.ndim == 3:
         if not all(np.array_equal(array[..., 0], array[..., c]) for c in range(1, array.shape[2])):
             raise UserError(f"mask '{path}' is a colour image; masks must hold one label value per pixel "
@@ -83,6 +85,8 @@ def read_mask(path: Path) -> np.ndarray:
 
 def map_values(mask: np.ndarray, value_map: Mapping[int, int], path: Path | str) -> np.ndarray:
     """Map raw mask values to class ids (uint8); values outside ``value_map`` raise a UserError naming ``path``."""
+    if not value_map or min(int(k) for k in value_map) < 0:
+        raise UserError(f"the value map {dict(value_map)} must list the non-negative mask values of '{path}'")
     lut = np.full(max(int(mask.max()), max(int(k) for k in value_map)) + 1, 255, np.int64)
     for value, cls in value_map.items():
         lut[int(value)] = int(cls)
