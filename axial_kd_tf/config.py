@@ -343,21 +343,54 @@ def config_from_dict(raw: dict) -> Config:
     return _build(Config, raw or {}, "").validate()
 
 
+def _read_yaml(p: Path) -> dict:
+    try:
+        raw = yaml_load(p.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read config file '{p}': {type(exc).__name__}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"config file '{p}' is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"config file '{p}' must contain a mapping of sections (model:, train:, ...)")
+    return raw
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """Deep-merge ``over`` into a copy of ``base`` (sections merge key by key; other values replace)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "options" and key != "value_map":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_config_file(path: str | Path, _seen: tuple = ()) -> dict:
+    """The raw mapping of a YAML config, with ``base: other.yaml`` (relative to the file) merged underneath."""
+    p = resolve_config_path(path).resolve()
+    if p in _seen:
+        raise UserError(f"config file '{p}' includes itself through 'base:'; remove the cycle")
+    raw = _read_yaml(p)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise UserError(f"config key 'base' in '{p}' must be a path to another YAML file, got {base!r}")
+    base_path = p.parent / base
+    if not base_path.is_file():
+        raise UserError(f"config key 'base' in '{p}' names '{base}', which does not exist next to it")
+    return _merge(read_config_file(base_path, _seen + (p,)), raw)
+
+
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Load a YAML config (``None`` = all defaults), apply ``--set`` overrides, validate."""
-    raw: dict = {}
-    if path is not None:
-        p = resolve_config_path(path)
-        try:
-            raw = yaml_load(p.read_text(encoding="utf-8")) or {}
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"cannot read config file '{p}': {type(exc).__name__}: {exc}") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise UserError(f"config file '{p}' is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-        if not isinstance(raw, dict):
-            raise UserError(f"config file '{p}' must contain a mapping of sections (model:, train:, ...)")
+    """Load a YAML config (``None`` = all defaults), apply ``--set`` overrides, validate.
+
+    A file may start from another with ``base: relative/path.yaml``; its sections are merged key by key.
+    """
+    raw: dict = read_config_file(path) if path is not None else {}
     for assignment in overrides:
         apply_override(raw, assignment)
     return config_from_dict(raw)

@@ -445,3 +445,53 @@ def test_dumped_config_file_loads_with_load_config(tmp_path: Path):
     path = tmp_path / "config.yaml"
     path.write_text(dump_config(cfg))
     assert load_config(path) == cfg
+
+
+# ------------------------------------------------------------------------------------------- base: inheritance
+def test_base_merges_sections_key_by_key(tmp_path):
+    from axial_kd_tf.config import load_config
+
+    (tmp_path / "parent.yaml").write_text("name: parent\ntrain: {epochs: 7, batch_size: 4}\n"
+                                          "model: {arch: unet, options: {decoder_channels: [8, 8, 8, 8, 8]}}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text("base: ../parent.yaml\nname: child\ntrain: {epochs: 2}\n"
+                                                 "model: {options: {encoder_depth: 3}}\n")
+    cfg = load_config(tmp_path / "sub" / "child.yaml", ["train.batch_size=2"])
+    assert (cfg.name, cfg.train.epochs, cfg.train.batch_size, cfg.model.arch) == ("child", 2, 2, "unet")
+    assert cfg.model.options == {"encoder_depth": 3}  # options replace: they belong to one architecture
+
+
+def test_base_errors_are_one_line(tmp_path):
+    from axial_kd_tf.config import load_config
+
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(UserError, match="includes itself"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(UserError, match="names 'missing.yaml', which does not exist"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("base: [1]\n")
+    with pytest.raises(UserError, match="must be a path"):
+        load_config(tmp_path / "d.yaml")
+
+
+@pytest.mark.parametrize("name", ["drosophila", "covid", "paper/drosophila.yaml", "paper/drosophila_cpu.yaml",
+                                  "paper/covid.yaml", "paper/covid_cpu.yaml"])
+def test_shipped_dataset_configs_load(name):
+    from axial_kd_tf.config import load_config
+
+    cfg = load_config(name)
+    assert cfg.data.dataset in ("sstem", "covid") and cfg.data.crop_size == 256
+
+
+def test_data_keys_are_validated():
+    from axial_kd_tf.config import config_from_dict
+
+    for data, key in [({"fold": 5}, "data.fold"), ({"window": [400, -1000]}, "data.window"),
+                      ({"tile_size": 4}, "data.tile_size"), ({"dataset": "folders"}, "data.root"),
+                      ({"dataset": "folders", "root": "x"}, "data.value_map"), ({"val_fraction": 1.0}, "data.val_fraction")]:
+        with pytest.raises(UserError, match=key.replace(".", r"\.")):
+            config_from_dict({"data": data})
+    with pytest.raises(UserError, match="did you mean 'data.fold'"):
+        config_from_dict({"data": {"folds": 1}})
