@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-import tensorflow as tf
 
 from axial_kd_tf.config import Config
 from axial_kd_tf.errors import UserError
@@ -33,7 +32,7 @@ class DataBundle:
             raise UserError(f"split '{name}' is not available; choose one of: train, {', '.join(self.splits)}")
         return self.splits[name]
 
-    def train_dataset(self, batch_size: int, seed: int, crop_size: Optional[int], augment: bool) -> tf.data.Dataset:
+    def train_dataset(self, batch_size: int, seed: int, crop_size: Optional[int], augment: bool) -> "tf.data.Dataset":
         from axial_kd_tf.data.pipeline import build_dataset
 
         if batch_size > len(self.train_images):
@@ -45,7 +44,7 @@ class DataBundle:
             augment=augment, repeat=True,
         )
 
-    def eval_dataset(self, name: str, batch_size: int) -> tf.data.Dataset:
+    def eval_dataset(self, name: str, batch_size: int) -> "tf.data.Dataset":
         from axial_kd_tf.data.pipeline import build_dataset
 
         images, masks = self.split(name)
