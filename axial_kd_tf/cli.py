@@ -71,21 +71,40 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 # ------------------------------------------------------------------------------------------------------- evaluate
 @_guard
 def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = _Parser(prog="evaluate.py", description="Per-class IoU / mIoU of a run or a saved model, with overlays.")
+    parser = _Parser(prog="evaluate.py", description="Per-class IoU / mIoU of a run or a saved model, with overlays. "
+                     "By default the split is evaluated as the data loader provides it (the protocol's test tiles, "
+                     "comparable with the paper); see docs/inference.md for whole-image inference.")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="a run directory written by train.py")
     src.add_argument("--model", help="a .keras file, SavedModel folder or .tflite file")
     parser.add_argument("--config", help="config of the data (needed with --model outside a run directory)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--out", help="output folder (default: <run>/eval, or eval-<model name> beside the model)")
+    parser.add_argument("--out", help="output folder (default: <run>/eval, or eval-<model name> beside the model; "
+                        "with --full-image eval-full-image / eval-full-image-<model name>)")
     parser.add_argument("--overlays", type=int, default=4, help="number of overlay PNGs to write")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--full-image", action="store_true",
+                        help="evaluate whole images (sets data.tile_size null): whole-image inference padded to the "
+                        "network's size multiple, the teacher tiled when over --max-teacher-mb")
+    parser.add_argument("--window", type=int, metavar="N", help="force a sliding window of N x N pixels")
+    parser.add_argument("--overlap", type=float, metavar="F",
+                        help="sliding-window / teacher-tile overlap in [0, 1) (default 0.5; 0 for fixed-size models)")
+    parser.add_argument("--blend", choices=("gaussian", "mean"),
+                        help="how overlapping windows are blended (default gaussian; mean for fixed-size models "
+                        "without overlap)")
+    parser.add_argument("--max-teacher-mb", type=float, default=2048.0, metavar="MB",
+                        help="memory budget of one teacher-head call (estimate); above it the teacher runs on tiles "
+                        "of the student logits (default 2048)")
+    parser.add_argument("--max-student-mb", type=float, metavar="MB",
+                        help="memory budget of one network call (activation-sum estimate); above it the image runs "
+                        "in a sliding window (default: no limit)")
     args = parser.parse_args(argv)
+    _check_inference_args(args)
 
     from axial_kd_tf.config import load_config
     from axial_kd_tf.data import load_data
-    from axial_kd_tf.evaluation import evaluate_split, load_predictor, metrics_payload, table_rows, tiled
+    from axial_kd_tf.evaluation import evaluate_split, load_predictor, metrics_payload, table_rows
     from axial_kd_tf.io_utils import atomic_write_json, atomic_write_text
     from axial_kd_tf.reporting import format_iou_table, format_iou_table_text
     from axial_kd_tf.training import load_run_config
@@ -94,8 +113,9 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
     model_path = Path(args.run or args.model)
     if not model_path.exists():
         raise UserError(f"{'run directory' if args.run else 'model'} '{model_path}' does not exist")
+    overrides = list(args.overrides) + (["data.tile_size=null"] if args.full_image else [])
     if args.config:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, overrides)
     else:
         run_dir = model_path if args.run else _find_run_dir(model_path)
         if args.run and not (run_dir / "config.yaml").is_file():
@@ -103,33 +123,45 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
         if run_dir is None:
             raise UserError(f"'{model_path}' is not inside a run directory; pass --config to say which data to use")
         cfg = load_run_config(run_dir)
-        if args.overrides:
+        if overrides:
             from axial_kd_tf.config import apply_override, config_from_dict
 
             raw = cfg.to_dict()
-            for o in args.overrides:
+            for o in overrides:
                 apply_override(raw, o)
             cfg = config_from_dict(raw)
+    suffix = "-full-image" if args.full_image else ""
     out_dir = Path(args.out) if args.out else (
-        model_path / "eval" if args.run else model_path.parent / f"eval-{model_path.name.replace('.', '_')}"
+        model_path / f"eval{suffix}" if args.run
+        else model_path.parent / f"eval{suffix}-{model_path.name.replace('.', '_')}"
     )
     if args.run and not (model_path / "model.keras").is_file():
         raise UserError(f"run '{model_path}' has no model.keras (training did not finish); "
                         "resume it with train.py --resume")
     predictor, fixed = load_predictor(model_path)
-    if fixed:
-        predictor = tiled(predictor, fixed)
+    predictor = _inference_predictor(predictor, fixed, args)
     data = load_data(cfg)
     images, masks = data.split(args.split)
-    print(f"[eval] {model_path} on {args.split} ({len(images)} images)")
+    size = f"{images.shape[1]}x{images.shape[2]}" if len(images) else "-"
+    print(f"[eval] {model_path} on {args.split} ({len(images)} images of {size}"
+          f"{', whole images' if args.full_image else ''})")
     cms = evaluate_split(predictor, images, masks, data.num_classes, args.batch_size,
                          ignore_index=cfg.distill.ignore_index, keep_predictions=args.overlays)
+    for mode, count in predictor.modes.items():
+        print(f"[eval] mode: {mode} ({count} images)")
+    print(f"[eval] {predictor.seconds_per_image * 1000:.1f} ms per image "
+          f"({predictor.images} images, {predictor.seconds:.2f} s of inference)")
     payload = metrics_payload(cms, data.class_names, split=args.split)
     payload["model"] = str(model_path)
+    payload["inference"] = dict(predictor.summary(), full_image=bool(args.full_image), image_size=size,
+                                tile_size=cfg.data.tile_size)
     rows = table_rows(payload)
     print(format_iou_table_text(rows, data.class_names))
     atomic_write_json(out_dir / "metrics.json", payload)
     atomic_write_text(out_dir / "table.md", f"# IoU (%) on the {args.split} split\n\nModel: `{model_path}`\n\n"
+                      f"Images: {len(images)} of {size}"
+                      f"{' (whole images)' if args.full_image else ''}; inference: "
+                      f"{'; '.join(predictor.modes) or '-'}\n\n"
                       f"{format_iou_table(rows, data.class_names)}\n")
     preds = cms.get("_predictions", {})
     for i in range(min(args.overlays, len(images))):
@@ -137,6 +169,42 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
         write_png(out_dir / "overlays" / f"{args.split}_{i:03d}.png", panel)
     print(f"[eval] wrote {out_dir}/metrics.json, table.md and {min(args.overlays, len(images))} overlays")
     return 0
+
+
+def _check_inference_args(args: argparse.Namespace) -> None:
+    if args.window is not None and args.window < 1:
+        raise UserError(f"--window must be >= 1, got {args.window}")
+    if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
+        raise UserError(f"--overlap must be in [0, 1), got {args.overlap}")
+    for flag in ("max_teacher_mb", "max_student_mb"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise UserError(f"--{flag.replace('_', '-')} must be > 0, got {value:g}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+
+
+def _inference_predictor(predictor, fixed: Optional[int], args: argparse.Namespace):
+    """The evaluation predictor for the inference flags, wrapped to count modes and time (evaluate_main)."""
+    from axial_kd_tf.evaluation import FullImagePredictor, TimedPredictor, sliding_window
+    from axial_kd_tf.training import KerasPredictor
+
+    if fixed:  # TFLite or a fixed-input SavedModel: a sliding window at the model's input size
+        if args.window and args.window != fixed:
+            raise UserError(f"the model has a fixed {fixed}x{fixed} input; --window must be {fixed} or omitted")
+        overlap = args.overlap if args.overlap is not None else 0.0
+        blend = args.blend or ("gaussian" if overlap > 0 else "mean")
+        return TimedPredictor(sliding_window(predictor, fixed, overlap, blend, batch_size=max(args.batch_size, 1)))
+    overlap = args.overlap if args.overlap is not None else 0.5
+    blend = args.blend or "gaussian"
+    if isinstance(predictor, KerasPredictor):
+        return TimedPredictor(FullImagePredictor(
+            predictor.model, max_teacher_mb=args.max_teacher_mb, max_student_mb=args.max_student_mb,
+            window=args.window, overlap=overlap, blend=blend,
+        ))
+    if args.window:
+        return TimedPredictor(sliding_window(predictor, args.window, overlap, blend))
+    return TimedPredictor(predictor, mode="whole-image")
 
 
 def _find_run_dir(path: Path) -> Optional[Path]:
