@@ -18,7 +18,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ star
 from axial_kd_tf.errors import UserError  # noqa: E402
 
 
-def _guard(main: Callable[[Optional[Sequence[str]]], int]) -> Callable[[Optional[Sequence[str]]], int]:
+_Main = Callable[[Optional[Sequence[str]]], int]
+
+
+def _guard(main: Optional[_Main] = None, *,
+           interrupted: str = "rerun the same command with --resume to continue") -> _Main | Callable[[_Main], _Main]:
+    """Decorate a ``main(argv) -> int``: a UserError prints ``error: ...`` and returns 2, Ctrl-C prints
+    ``interrupted: <interrupted>`` and returns 130. ``@_guard`` or ``@_guard(interrupted="...")``."""
+    if main is None:
+        return lambda fn: _guard(fn, interrupted=interrupted)
+
     def wrapped(argv: Optional[Sequence[str]] = None) -> int:
         try:
             return main(argv)
@@ -26,7 +35,7 @@ def _guard(main: Callable[[Optional[Sequence[str]]], int]) -> Callable[[Optional
             print(f"error: {exc}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
-            print("interrupted: rerun the same command with --resume to continue", file=sys.stderr)
+            print(f"interrupted: {interrupted}", file=sys.stderr)
             return 130
 
     wrapped.__name__ = main.__name__

@@ -153,7 +153,16 @@ def pad_to(images: np.ndarray, height: int, width: int, mode: str = "reflect") -
 
 
 class SlidingWindow:
-    """A predictor run over overlapping windows whose logits are blended (see :func:`sliding_window`).
+    """Run ``predictor`` over windows of ``window`` (side, or ``(height, width)``) and blend their logits.
+
+    Windows start every ``stride = floor(window · (1 − overlap))`` pixels; the last one per axis is flush with the
+    image edge. Each pixel's output is ``Σ_w g_w · logits_w / Σ_w g_w`` over the windows covering it, with ``g`` from
+    :func:`blend_weights` (``gaussian`` favours window centres, where the network saw the most context; ``mean`` is
+    flat). Images smaller than the window on an axis are reflect-padded up to it and the output is cropped back;
+    an image exactly one window large is passed through unchanged. Any ``H`` × ``W`` works.
+    ``batch_size`` caps the windows per predictor call (default: the batch's image count, i.e. one window position
+    per call). Called on images, returns the predictor's dict (``{"student": …, "teacher": …}``) at the input's size,
+    float32.
 
     ``modes`` counts the images per mode: one window covered the image, or several were blended.
     """
@@ -230,26 +239,7 @@ class SlidingWindow:
         return v
 
 
-def sliding_window(
-    predictor: Predictor,
-    window: int | Sequence[int],
-    overlap: float = 0.5,
-    blend: str = "gaussian",
-    batch_size: Optional[int] = None,
-    sigma_scale: float = 0.125,
-    pad_mode: str = "reflect",
-) -> SlidingWindow:
-    """Run ``predictor`` over windows of ``window`` (side, or ``(height, width)``) and blend their logits.
-
-    Windows start every ``stride = floor(window · (1 − overlap))`` pixels; the last one per axis is flush with the
-    image edge. Each pixel's output is ``Σ_w g_w · logits_w / Σ_w g_w`` over the windows covering it, with ``g`` from
-    :func:`blend_weights` (``gaussian`` favours window centres, where the network saw the most context; ``mean`` is
-    flat). Images smaller than the window on an axis are reflect-padded up to it and the output is cropped back;
-    an image exactly one window large is passed through unchanged. Any ``H`` × ``W`` works.
-    ``batch_size`` caps the windows per predictor call (default: the batch's image count, i.e. one window position
-    per call). Returns the predictor's dict (``{"student": …, "teacher": …}``) at the input's size, float32.
-    """
-    return SlidingWindow(predictor, window, overlap, blend, batch_size, sigma_scale, pad_mode)
+sliding_window = SlidingWindow  # the functional spelling: ``sliding_window(predictor, window, ...)(images)``
 
 
 def tiled(predictor: Predictor, tile: int) -> Predictor:

@@ -62,7 +62,7 @@ import numpy as np  # noqa: E402
 from axial_kd_tf.config import Config, config_from_dict, load_config, resolve_config_path  # noqa: E402
 from axial_kd_tf.data import DataBundle, load_data  # noqa: E402
 from axial_kd_tf.errors import UserError  # noqa: E402
-from axial_kd_tf.io_utils import atomic_write_json, atomic_write_text  # noqa: E402
+from benchmarks._common import add_out_arg, add_set_arg, run_main, write_report  # noqa: E402
 from benchmarks.teacher_overhead import (  # noqa: E402
     _fmt_load,
     estimate_teacher_bytes,
@@ -71,7 +71,7 @@ from benchmarks.teacher_overhead import (  # noqa: E402
     release_memory,
     summarize_times,
 )
-from benchmarks.zoo import _error, _loadavg, _timed_step, describe_teacher, train_mode  # noqa: E402
+from benchmarks.zoo import _error, _loadavg, _timed_step, describe_teacher, time_steps, train_mode  # noqa: E402
 
 DEFAULT_CONFIGS = ("configs/drosophila.yaml", "configs/quickstart.yaml")
 OFFLINE_CONFIG = "configs/quickstart.yaml"
@@ -160,19 +160,9 @@ def time_training(cfg: Config, mode: str, bundle: DataBundle, batch: tuple[np.nd
         built.dataset = bundle.train_dataset(cfg.train.batch_size, cfg.data.seed, cfg.data.crop_size, cfg.data.augment)
         iterators: dict = {}
         first, _ = _timed_step(built, iterators)
-        times, cpu = [], []
-        for i in range(steps):
-            wall, c = _timed_step(built, iterators)
-            times.append(wall)
-            cpu.append(c)
-            log(f"  [{mode} fed] step {i + 1}/{steps}: {wall:.4f} s (CPU {c:.2f} s)")
-        built.dataset, iterators = fixed_dataset, {}
-        after, after_cpu = [], []
-        for i in range(steps):
-            wall, c = _timed_step(built, iterators)
-            after.append(wall)
-            after_cpu.append(c)
-            log(f"  [{mode}] fixed batch again, step {i + 1}/{steps}: {wall:.4f} s (CPU {c:.2f} s)")
+        times, cpu = time_steps(built, steps, f"  [{mode} fed]", log, digits=4, iterators=iterators)
+        built.dataset, iterators = fixed_dataset, {}  # drops the pipeline's iterator before the fixed-batch steps
+        after, after_cpu = time_steps(built, steps, f"  [{mode}] fixed batch again,", log, digits=4, iterators=iterators)
         result["fixed_before_s"], result["fixed_after_s"] = list(result["step_times_s"]), after
         result["step_times_s"] = result["step_times_s"] + after
         result["step_cpu_s"] = result["step_cpu_s"] + after_cpu
@@ -360,13 +350,7 @@ def run_benchmark(args: argparse.Namespace, log: Log = print) -> dict:
     table = format_table(payload)
     payload["wall_time_s"] = time.time() - t_start
     payload["table_markdown"] = table
-    out = Path(args.out)
-    md = _markdown(payload, table)
-    atomic_write_json(out, payload)
-    atomic_write_text(out.with_suffix(".md"), md)
-    log("")
-    log(md)
-    log(f"[done] {out} and {out.with_suffix('.md')} in {payload['wall_time_s']:.0f} s")
+    write_report(Path(args.out), payload, _markdown(payload, table), payload["wall_time_s"], log)
     return payload
 
 
@@ -375,8 +359,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                 description="Training input pipeline images/s against the training step rate.")
     p.add_argument("--config", default=None,
                    help=f"config YAML or name (default: {DEFAULT_CONFIGS[0]} if it exists, else {DEFAULT_CONFIGS[1]})")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override as in train.py, e.g. --set train.batch_size=16 (repeatable)")
+    add_set_arg(p, "train.batch_size=16")
     p.add_argument("--batches", type=int, default=DEFAULT_BATCHES, help="timed pipeline batches (default: %(default)s)")
     p.add_argument("--pipeline-warmup", type=int, default=DEFAULT_PIPELINE_WARMUP,
                    help="untimed pipeline batches first (default: %(default)s)")
@@ -389,19 +372,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-memory-guard", dest="memory_guard", action="store_false",
                    help="time the distillation mode even when its estimated teacher memory exceeds 85%% of the "
                         "available memory")
-    p.add_argument("--out", default=str(DEFAULT_OUT),
-                   help="JSON output; the table goes to the same name .md (default: %(default)s)")
+    add_out_arg(p, DEFAULT_OUT)
     return p.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
-    try:
-        run_benchmark(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(parse_args(argv), run_benchmark)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,10 @@ from typing import Any, Callable, Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+_ROOT = Path(__file__).resolve().parent.parent
+if str(_ROOT) not in sys.path:  # `python benchmarks/teacher_overhead.py` puts benchmarks/ on the path, not the root
+    sys.path.insert(0, str(_ROOT))
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -56,8 +60,9 @@ import tensorflow as tf  # noqa: E402
 from axial_kd_tf.config import Config, load_config  # noqa: E402
 from axial_kd_tf.distill import student_network  # noqa: E402
 from axial_kd_tf.errors import UserError  # noqa: E402
-from axial_kd_tf.io_utils import atomic_write_json, atomic_write_text  # noqa: E402
+from axial_kd_tf.io_utils import atomic_write_json  # noqa: E402
 from axial_kd_tf.training import build_model_from_config, make_optimizer, make_trainer  # noqa: E402
+from benchmarks._common import add_out_arg, add_set_arg, add_worker_args, run_main, write_report  # noqa: E402
 
 TARGET_TIME_RATIO = 1.25
 DEFAULT_OUT = Path("benchmarks/results/teacher_overhead.json")
@@ -793,12 +798,7 @@ def run_benchmark(args: argparse.Namespace, log: Log = print) -> dict:
         "",
         *summary,
     ]
-    md = "\n".join(header) + "\n"
-    atomic_write_json(out, payload)
-    atomic_write_text(out.with_suffix(".md"), md)
-    log("")
-    log(md)
-    log(f"[done] {out} and {out.with_suffix('.md')} in {wall:.0f} s")
+    write_report(out, payload, "\n".join(header) + "\n", wall, log)
     return payload
 
 
@@ -822,8 +822,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         prog="teacher_overhead.py",
         description="Training-step time, peak memory and parameters of distillation mode vs the CE-only baseline.")
     p.add_argument("--config", default="configs/quickstart.yaml", help="teacher/train config (default: %(default)s)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override as in train.py, e.g. --set teacher.pool_size=1 (repeatable)")
+    add_set_arg(p, "teacher.pool_size=1")
     p.add_argument("--arch", default="simple_unet", help="student network (default: %(default)s)")
     p.add_argument("--options", default=DEFAULT_OPTIONS, help="JSON model options (default: %(default)s)")
     p.add_argument("--size", type=int, default=256, help="square input size (default: %(default)s)")
@@ -849,23 +848,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-memory-guard", dest="memory_guard", action="store_false",
                    help="run variants even when their estimated memory exceeds what is available")
     p.add_argument("--seed", type=int, default=0, help="seed of the random batch (default: %(default)s)")
-    p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON output; the table goes to the same name .md "
-                   "(default: %(default)s)")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--worker-out", help=argparse.SUPPRESS)
+    add_out_arg(p, DEFAULT_OUT)
+    add_worker_args(p)
     return p.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
-    if args.worker:
-        return worker_main(args.worker, args.worker_out)
-    try:
-        run_benchmark(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(parse_args(argv), run_benchmark, worker_main)
 
 
 if __name__ == "__main__":

@@ -63,8 +63,9 @@ from axial_kd_tf.config import Config, config_from_dict, load_config  # noqa: E4
 from axial_kd_tf.distill import student_network  # noqa: E402
 from axial_kd_tf.errors import UserError  # noqa: E402
 from axial_kd_tf.export import convert_tflite, verify_tflite  # noqa: E402
-from axial_kd_tf.io_utils import atomic_write_json, atomic_write_text  # noqa: E402
+from axial_kd_tf.io_utils import atomic_write_json  # noqa: E402
 from axial_kd_tf.models import ZOO  # noqa: E402
+from benchmarks._common import add_out_arg, add_set_arg, add_worker_args, run_main, write_report  # noqa: E402
 from benchmarks.teacher_overhead import (  # noqa: E402
     MB,
     Built,
@@ -171,18 +172,29 @@ def _timed_step(built: Built, iterators: dict) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+def time_steps(built: Built, steps: int, label: str, log: Log, digits: int = 3,
+               iterators: Optional[dict] = None) -> tuple[list[float], list[float]]:
+    """``steps`` timed calls (:func:`_timed_step`), one log line each: (wall s per step, CPU s per step).
+
+    ``iterators`` continues the dataset iterators of earlier calls (default: fresh ones); ``label`` starts each log
+    line and ``digits`` is the precision of the wall time in it.
+    """
+    iterators = {} if iterators is None else iterators
+    times, cpu = [], []
+    for i in range(steps):
+        wall, c = _timed_step(built, iterators)
+        times.append(wall)
+        cpu.append(c)
+        log(f"{label} step {i + 1}/{steps}: {wall:.{digits}f} s (CPU {c:.2f} s)")
+    return times, cpu
+
+
 def time_built(built: Built, label: str, warmup: int, steps: int, log: Log) -> dict:
     """``warmup`` fit steps (the first traces and XLA-compiles), then ``steps`` timed compiled ``train_function`` calls."""
     log(f"    [{label}] compiling + {warmup} warm-up step(s)")
     warm_s = built.warm(warmup)  # trainer.fit: builds optimizer/metric state, traces + compiles train_function
     log(f"    [{label}] compile + warm-up: {warm_s:.1f} s")
-    times, cpu = [], []
-    iterators: dict = {}
-    for i in range(steps):
-        wall, c = _timed_step(built, iterators)
-        times.append(wall)
-        cpu.append(c)
-        log(f"    [{label}] step {i + 1}/{steps}: {wall:.3f} s (CPU {c:.2f} s)")
+    times, cpu = time_steps(built, steps, f"    [{label}]", log)
     result = {
         "label": label,
         "total_params": built.total_params,
@@ -567,12 +579,7 @@ def run_benchmark(args: argparse.Namespace, log: Log = print) -> dict:
         "",
         *summary,
     ]
-    md = "\n".join(header) + "\n"
-    atomic_write_json(out, payload)
-    atomic_write_text(out.with_suffix(".md"), md)
-    log("")
-    log(md)
-    log(f"[done] {out} and {out.with_suffix('.md')} in {wall:.0f} s")
+    write_report(out, payload, "\n".join(header) + "\n", wall, log)
     return payload
 
 
@@ -597,8 +604,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--in-channels", type=int, default=3, help="(default: %(default)s)")
     p.add_argument("--config", default="configs/quickstart.yaml",
                    help="teacher / train config (default: %(default)s); its model: section is replaced")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override as in train.py, e.g. --set teacher.pool_size=4 (repeatable)")
+    add_set_arg(p, "teacher.pool_size=4")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
                    help="timed training steps per mode (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
@@ -612,23 +618,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--isolation", choices=("process", "none"), default="process",
                    help="'process' (default): each architecture in a fresh worker process; 'none': all in this one")
     p.add_argument("--seed", type=int, default=0, help="seed of the random batch (default: %(default)s)")
-    p.add_argument("--out", default=str(DEFAULT_OUT),
-                   help="JSON output; the table goes to the same name .md (default: %(default)s)")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--worker-out", help=argparse.SUPPRESS)
+    add_out_arg(p, DEFAULT_OUT)
+    add_worker_args(p)
     return p.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
-    if args.worker:
-        return worker_main(args.worker, args.worker_out)
-    try:
-        run_benchmark(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(parse_args(argv), run_benchmark, worker_main)
 
 
 if __name__ == "__main__":

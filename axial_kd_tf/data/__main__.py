@@ -11,15 +11,10 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from axial_kd_tf.cli import _guard, _Parser
 from axial_kd_tf.errors import UserError
 
 PROG = "python -m axial_kd_tf.data"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit code 2 (as argparse, without the usage block)
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,36 +70,30 @@ def _class_weights(name: str, folder: Optional[Path], kind: str, overrides: Sequ
     print(f"--set distill.class_weights=[{','.join(f'{w:.4g}' for w in weights)}]")
 
 
+@_guard(interrupted="re-run the same command to resume the download")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from axial_kd_tf.data import download as dl
 
     args = _parser().parse_args(argv)
-    try:
-        if args.command == "download":
-            if args.retries < 0 or args.timeout <= 0:
-                raise UserError("--retries must be >= 0 and --timeout > 0")
-            dl.download(args.name, args.dir, timeout=args.timeout, retries=args.retries)
-        elif args.command == "verify":
-            status = dl.verify(args.name, args.dir)
-            folder = args.dir or dl.default_data_root(args.name)
-            for path, state in status.items():
-                print(f"{state:8s} {path}")
-            bad = [p for p, s in status.items() if s != "ok"]
-            if bad:
-                raise UserError(f"{len(bad)} of {len(status)} files in '{folder}' are missing or corrupt "
-                                f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); run `{PROG} download "
-                                f"{args.name}{f' --dir {args.dir}' if args.dir else ''}` to fetch them")
-            print(f"{args.name}: all {len(status)} files in '{folder}' match their checksums")
-        elif args.command == "info":
-            print(dl.info(args.name, args.dir))
-        elif args.command == "class-weights":
-            _class_weights(args.name, args.dir, args.kind, args.overrides)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: re-run the same command to resume the download", file=sys.stderr)
-        return 130
+    if args.command == "download":
+        if args.retries < 0 or args.timeout <= 0:
+            raise UserError("--retries must be >= 0 and --timeout > 0")
+        dl.download(args.name, args.dir, timeout=args.timeout, retries=args.retries)
+    elif args.command == "verify":
+        status = dl.verify(args.name, args.dir)
+        folder = args.dir or dl.default_data_root(args.name)
+        for path, state in status.items():
+            print(f"{state:8s} {path}")
+        bad = [p for p, s in status.items() if s != "ok"]
+        if bad:
+            raise UserError(f"{len(bad)} of {len(status)} files in '{folder}' are missing or corrupt "
+                            f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); run `{PROG} download "
+                            f"{args.name}{f' --dir {args.dir}' if args.dir else ''}` to fetch them")
+        print(f"{args.name}: all {len(status)} files in '{folder}' match their checksums")
+    elif args.command == "info":
+        print(dl.info(args.name, args.dir))
+    elif args.command == "class-weights":
+        _class_weights(args.name, args.dir, args.kind, args.overrides)
     return 0
 
 
