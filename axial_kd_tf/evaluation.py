@@ -76,11 +76,9 @@ def load_predictor(path: str | os.PathLike) -> tuple[Predictor, Optional[int]]:
             pred = SavedModelPredictor(p)
             return pred, pred.input_shape[1]
         if p.suffix == ".keras":
-            import keras
+            from axial_kd_tf.saving import load_model
 
-            import axial_kd_tf.layers  # noqa: F401
-
-            return KerasPredictor(keras.saving.load_model(p, compile=False)), None
+            return KerasPredictor(load_model(p)), None
         if p.suffix == ".tflite":
             from ai_edge_litert.interpreter import Interpreter
 

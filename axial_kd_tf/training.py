@@ -452,12 +452,9 @@ def load_run_config(run_dir: Path) -> Config:
 
 
 def load_run_model(run_dir: Path) -> keras.Model:
-    import axial_kd_tf.layers  # noqa: F401  (registers the custom layers)
+    from axial_kd_tf.saving import load_model
 
     path = Path(run_dir) / "model.keras"
     if not path.is_file():
         raise UserError(f"run '{run_dir}' has no model.keras (training did not finish); resume it with train.py --resume")
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as exc:  # corrupt or truncated file
-        raise UserError(f"cannot load '{path}': {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    return load_model(path)
