@@ -662,6 +662,26 @@ def _miou_text(metrics: Mapping) -> str:
     return ", ".join(parts) or "—"
 
 
+def _work_kind(state: str) -> str:
+    return "evaluate" if state == "evaluate" else "train"
+
+
+def estimate_eta(kinds: Sequence[str], durations: Mapping[str, Sequence[float]]) -> Optional[float]:
+    """Seconds left: each remaining run costs the mean duration of finished runs of its kind (train / evaluate).
+
+    ``None`` when a remaining run needs training and no run has been trained in this invocation yet.
+    """
+    total = 0.0
+    for kind in kinds:
+        done = durations.get(kind) or []
+        if not done:
+            if kind == "train":
+                return None
+            continue  # evaluation-only runs take seconds; unknown ones add nothing
+        total += sum(done) / len(done)
+    return total
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m axial_kd_tf.experiments",
                 description="Train and evaluate the paper's grid: architectures × {without, with} × folds × seeds.")
@@ -677,6 +697,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config override applied to every run (repeatable)")
     p.add_argument("--overlays", type=int, default=4, help="test tiles per overlay figure (default 4; 0: none)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state, then exit")
+    p.add_argument("--report-only", action="store_true",
+                   help="rebuild table.md/.csv, runs.json and the overlays from the evaluated runs on disk; train nothing")
     p.add_argument("--in-process", action="store_true",
                    help="train in this process (default: one child process per run)")
     return p
@@ -731,9 +753,17 @@ def _main(argv: Optional[Sequence[str]]) -> int:
                   + (f" (note: {item.note})" if item.note else ""))
         return 0
 
+    if args.report_only:
+        summary = write_aggregate(root, archs, meta)
+        print(format_text(summary["rows"], summary["class_names"]))
+        print(f"\n[grid] {summary['runs_evaluated']} evaluated runs on disk; tables: {root / 'table.md'}, "
+              f"{root / 'table.csv'}")
+        return 0
+
     write_aggregate(root, archs, meta)
     failures: list[str] = []
-    durations: list[float] = []
+    # Durations per kind of work, so runs that are only evaluated do not shrink the ETA of runs still to train.
+    durations: dict[str, list[float]] = {"train": [], "evaluate": []}
     try:
         for i, item in enumerate(plan, 1):
             print(f"[run {i}/{total}] {item.spec.describe()}", flush=True)
@@ -746,12 +776,14 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             ok, why = (run_in_process if args.in_process else run_in_child)(item, args.overlays)
             elapsed = time.time() - t0
             if ok:
-                durations.append(elapsed)
+                durations[_work_kind(item.state)].append(elapsed)
                 metrics = json.loads((item.run_dir / TEST_METRICS).read_text())
-                left = sum(p.state != "done" for p in plan[i:])
-                eta = sum(durations) / len(durations) * left
+                left = [p for p in plan[i:] if p.state != "done"]
+                eta = estimate_eta([_work_kind(p.state) for p in left], durations)
                 print(f"[run {i}/{total}] {item.spec.describe()} finished in {_duration(elapsed)}: test mIoU "
-                      f"{_miou_text(metrics)} | {left} runs left, ETA {_duration(eta) if left else '0s'}", flush=True)
+                      f"{_miou_text(metrics)} | {len(left)} runs left, ETA "
+                      f"{'0s' if not left else _duration(eta) if eta is not None else 'unknown (no run trained yet)'}",
+                      flush=True)
             else:
                 failures.append(f"{item.run_dir} ({why}; log {item.log})")
                 print(f"[run {i}/{total}] FAILED ({why}): run dir {item.run_dir}, log {item.log}; "

@@ -277,3 +277,24 @@ def test_default_mode_trains_in_a_child_process(tiny_yaml, tmp_path, capsys):
     log = (tmp_path / "tiny" / "logs" / f"{ARCH}_baseline_fold0-seed0.log").read_text()
     assert "[train]" in log and "[test]" in log  # ... and the run's log file
     assert (tmp_path / "tiny" / "runs" / ARCH / "baseline" / "fold0-seed0" / "test_metrics.json").is_file()
+
+
+def test_eta_counts_training_and_evaluation_separately():
+    from axial_kd_tf.experiments import estimate_eta
+
+    durations = {"train": [100.0, 300.0], "evaluate": [10.0]}
+    assert estimate_eta(["train", "evaluate", "train"], durations) == 200.0 + 10.0 + 200.0
+    assert estimate_eta(["evaluate"], {"train": [], "evaluate": []}) == 0.0
+    assert estimate_eta(["train"], {"train": [], "evaluate": [5.0]}) is None
+    assert estimate_eta([], durations) == 0.0
+
+
+def test_report_only_rebuilds_the_tables_without_training(grid, tiny_yaml):
+    root, _ = grid
+    table = (root / "table.csv").read_text()
+    (root / "table.csv").unlink()
+    (root / "table.md").unlink()
+    rc, out, err = run_main("--config", tiny_yaml, "--archs", ARCH, "--out", root.parent, "--report-only")
+    assert rc == 0, err
+    assert "[run" not in out and "evaluated runs on disk" in out
+    assert (root / "table.csv").read_text() == table and (root / "table.md").is_file()
