@@ -77,8 +77,9 @@ def _handler(state: _State) -> type:
             self.end_headers()
             if state.truncate_at is not None:
                 body = body[:state.truncate_at]
-            self.wfile.write(body)
+            # Record before writing: the client may finish reading (and the test assert) before write() returns.
             entry["sent"] = len(body)
+            self.wfile.write(body)
 
     return Handler
 
