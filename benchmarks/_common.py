@@ -7,7 +7,11 @@ the JSON payload + Markdown report. The measurements themselves stay in the scri
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -61,3 +65,35 @@ def run_main(args: argparse.Namespace, run_benchmark: Callable[[argparse.Namespa
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+# ------------------------------------------------------------------------------------------------------- workers
+class WorkerFailed(RuntimeError):
+    """A worker process exited non-zero or wrote no result."""
+
+
+def run_script_worker(script: str | Path, task: dict, label: str, log: Log, prefix: str = "bench_") -> dict:
+    """Run ``script --worker TASK --worker-out RESULT`` in a fresh Python process; stream its stdout to ``log``.
+
+    Returns the JSON the worker wrote to RESULT. A fresh process per measurement keeps memory that TensorFlow's
+    oneDNN kernels and XLA hold after a model is gone from masking (or inflating) the next measurement.
+
+    Raises:
+        WorkerFailed: naming ``label``, the exit code (SIGKILL: most likely out of memory) and the last stderr lines.
+    """
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        spec, result, err = Path(tmp) / "task.json", Path(tmp) / "result.json", Path(tmp) / "stderr.txt"
+        spec.write_text(json.dumps(task))
+        env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+        cmd = [sys.executable, str(Path(script).resolve()), "--worker", str(spec), "--worker-out", str(result)]
+        with open(err, "w") as err_f:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_f, text=True, env=env)
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log(line.rstrip("\n"))
+            code = proc.wait()
+        if code != 0 or not result.is_file():
+            tail = [ln for ln in err.read_text(errors="replace").splitlines() if ln.strip()][-3:]
+            why = "killed by SIGKILL, most likely out of memory" if code == -9 else f"exit code {code}"
+            raise WorkerFailed(f"worker for '{label}' failed ({why})" + (f": {' | '.join(tail)}" if tail else ""))
+        return json.loads(result.read_text())

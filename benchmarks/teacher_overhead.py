@@ -62,7 +62,15 @@ from axial_kd_tf.distill import student_network  # noqa: E402
 from axial_kd_tf.errors import UserError  # noqa: E402
 from axial_kd_tf.io_utils import atomic_write_json  # noqa: E402
 from axial_kd_tf.training import build_model_from_config, make_optimizer, make_trainer  # noqa: E402
-from benchmarks._common import add_out_arg, add_set_arg, add_worker_args, run_main, write_report  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    WorkerFailed,
+    add_out_arg,
+    add_set_arg,
+    add_worker_args,
+    run_main,
+    run_script_worker,
+    write_report,
+)
 
 TARGET_TIME_RATIO = 1.25
 DEFAULT_OUT = Path("benchmarks/results/teacher_overhead.json")
@@ -539,10 +547,6 @@ def measure_variant(cfg: Config, bcfg: Config, label: str, images: np.ndarray, l
     return {"distill": distill, "paired": paired_result}
 
 
-class WorkerFailed(RuntimeError):
-    pass
-
-
 def run_worker(task: dict, log: Log) -> dict:
     """Run ``task`` in a fresh Python process (``--worker``); stream its progress lines to ``log``; return its result.
 
@@ -550,25 +554,7 @@ def run_worker(task: dict, log: Log) -> dict:
     large buffers alive after a model is gone (not freed, so neither gc, clear_session nor malloc_trim returns them),
     and a later mode in the same process would reuse them without its RSS growing.
     """
-    import subprocess
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="teacher_overhead_") as tmp:
-        spec, result, err = Path(tmp) / "task.json", Path(tmp) / "result.json", Path(tmp) / "stderr.txt"
-        spec.write_text(json.dumps(task))
-        env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec), "--worker-out", str(result)]
-        with open(err, "w") as err_f:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_f, text=True, env=env)
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                log(line.rstrip("\n"))
-            code = proc.wait()
-        if code != 0 or not result.is_file():
-            tail = [ln for ln in err.read_text(errors="replace").splitlines() if ln.strip()][-3:]
-            why = "killed by SIGKILL, most likely out of memory" if code == -9 else f"exit code {code}"
-            raise WorkerFailed(f"worker for '{task['label']}' failed ({why})" + (f": {' | '.join(tail)}" if tail else ""))
-        return json.loads(result.read_text())
+    return run_script_worker(__file__, task, task["label"], log, prefix="teacher_overhead_")
 
 
 def worker_main(spec_path: str, out_path: str) -> int:

@@ -65,7 +65,15 @@ from axial_kd_tf.errors import UserError  # noqa: E402
 from axial_kd_tf.export import convert_tflite, verify_tflite  # noqa: E402
 from axial_kd_tf.io_utils import atomic_write_json  # noqa: E402
 from axial_kd_tf.models import ZOO  # noqa: E402
-from benchmarks._common import add_out_arg, add_set_arg, add_worker_args, run_main, write_report  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    WorkerFailed,
+    add_out_arg,
+    add_set_arg,
+    add_worker_args,
+    run_main,
+    run_script_worker,
+    write_report,
+)
 from benchmarks.teacher_overhead import (  # noqa: E402
     MB,
     Built,
@@ -379,30 +387,10 @@ def _median(mode: Optional[dict]) -> Optional[float]:
 
 
 # -------------------------------------------------------------------------------------------------------- workers
-class WorkerFailed(RuntimeError):
-    pass
-
-
 def run_worker(arch: str, args: argparse.Namespace, prefix: str, log: Log) -> dict:
     """:func:`measure_arch` in a fresh Python process (this script with ``--worker``); its progress is streamed."""
-    import subprocess
-
-    with tempfile.TemporaryDirectory(prefix="zoo_bench_") as tmp:
-        spec, result, err = Path(tmp) / "task.json", Path(tmp) / "result.json", Path(tmp) / "stderr.txt"
-        spec.write_text(json.dumps({"arch": arch, "prefix": prefix, "args": _args_dict(args)}))
-        env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec), "--worker-out", str(result)]
-        with open(err, "w") as err_f:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_f, text=True, env=env, cwd=os.getcwd())
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                log(line.rstrip("\n"))
-            code = proc.wait()
-        if code != 0 or not result.is_file():
-            tail = [ln for ln in err.read_text(errors="replace").splitlines() if ln.strip()][-3:]
-            why = "killed by SIGKILL, most likely out of memory" if code == -9 else f"exit code {code}"
-            raise WorkerFailed(f"worker for '{arch}' failed ({why})" + (f": {' | '.join(tail)}" if tail else ""))
-        return json.loads(result.read_text())
+    task = {"arch": arch, "prefix": prefix, "args": _args_dict(args)}
+    return run_script_worker(__file__, task, arch, log, prefix="zoo_bench_")
 
 
 def worker_main(spec_path: str, out_path: str) -> int:
