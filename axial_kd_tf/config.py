@@ -396,5 +396,16 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     return config_from_dict(raw)
 
 
+def first_difference(a: Any, b: Any, prefix: str = "") -> Optional[str]:
+    """Dotted key of the first difference between two config dicts (None when equal)."""
+    if a == b:
+        return None
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            if a.get(key) != b.get(key):
+                return first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+    return prefix.rstrip(".") or "<root>"
+
+
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

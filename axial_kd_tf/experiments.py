@@ -176,17 +176,6 @@ def run_config(base: dict, spec: RunSpec, set_fold: bool = True, set_seed: bool 
     return config_from_dict(raw)
 
 
-def first_difference(a: Any, b: Any, prefix: str = "") -> Optional[str]:
-    """Dotted key of the first difference between two config dicts (None when equal)."""
-    if a == b:
-        return None
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in list(a) + [k for k in b if k not in a]:
-            if a.get(key) != b.get(key):
-                return first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
-    return prefix.rstrip(".") or "<root>"
-
-
 def config_digest(raw: Mapping) -> str:
     """Short hash of a run's configuration without the keys that vary across the grid by design."""
     raw = json.loads(json.dumps(raw))
@@ -238,7 +227,7 @@ def check_existing(run_dir: Path, cfg, state: str) -> str:
     """
     if state not in ("resume", "evaluate"):
         return ""
-    from axial_kd_tf.config import load_config
+    from axial_kd_tf.config import first_difference, load_config
 
     saved = load_config(run_dir / "config.yaml").to_dict()
     expected = cfg.to_dict()

@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from axial_kd_tf.config import Config, config_from_dict, dump_config
+from axial_kd_tf.config import Config, config_from_dict, dump_config, first_difference
 from axial_kd_tf.data import DataBundle, load_data
 from axial_kd_tf.distill import (
     STUDENT,
@@ -146,7 +146,7 @@ def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, overwrite: bool) -
                 raise UserError(f"cannot resume '{run_dir}': it has no config.yaml; use another --run-dir")
             previous = load_run_config(run_dir)
             if previous.to_dict() != cfg.to_dict():
-                diff = _first_difference(previous.to_dict(), cfg.to_dict())
+                diff = first_difference(previous.to_dict(), cfg.to_dict())
                 raise UserError(
                     f"cannot resume '{run_dir}': config differs from its config.yaml at '{diff}'; "
                     "resume with the same config or use another --run-dir"
@@ -164,14 +164,6 @@ def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, overwrite: bool) -
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     return False
-
-
-def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in list(a) + [k for k in b if k not in a]:
-            if a.get(key) != b.get(key):
-                return _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
-    return prefix.rstrip(".")
 
 
 # -------------------------------------------------------------------------------------------------- callbacks
