@@ -495,3 +495,14 @@ def test_data_keys_are_validated():
             config_from_dict({"data": data})
     with pytest.raises(UserError, match="did you mean 'data.fold'"):
         config_from_dict({"data": {"folds": 1}})
+
+
+def test_first_difference_names_the_dotted_key():
+    from axial_kd_tf.config import config_from_dict, first_difference
+
+    a = config_from_dict({"train": {"epochs": 3}}).to_dict()
+    b = config_from_dict({"train": {"epochs": 4}}).to_dict()
+    assert first_difference(a, a) is None
+    assert first_difference(a, b) == "train.epochs"
+    assert first_difference({"x": {"y": 1}}, {"x": {"y": 1, "z": 2}}) == "x.z"
+    assert first_difference(1, 2) == "<root>"
