@@ -65,17 +65,31 @@ class TeacherConfig:
     normalization: bool = True
     pool_size: int = 1
     detach_input: bool = False
+    # residual: teacher = student + gate·branch (gate from gate_init, learned unless gate_trainable is false);
+    # false: teacher = branch (the direct head). docs/method.md.
+    residual: bool = True
+    gate_init: float = 0.0
+    gate_trainable: bool = True
+    num_blocks: int = 1
 
 
 @dataclass
 class DistillConfig:
-    """Loss = w_s·CE(student) + w_t·CE(teacher) + w_d·MSE(student, teacher). ``enabled: false`` = CE-only baseline."""
+    """Loss = w_s·CE(student) + w_t·CE(teacher) + w_d·D(student, teacher). ``enabled: false`` = CE-only baseline.
+
+    ``target``: D is the MSE on ``logits`` (the paper), on ``probabilities``, or ``kl`` (T²·KL at ``temperature``);
+    ``mask``: distil every pixel (``none``), only where the teacher is right (``teacher_correct``) or more confident
+    than the student (``teacher_confident``); ``warmup``: w_d ramps linearly from 0 over this fraction of training.
+    """
 
     enabled: bool = True
     student_weight: float = 1.0
     teacher_weight: float = 1.0
     distill_weight: float = 1.0
-    target: Literal["logits", "probabilities"] = "logits"
+    target: Literal["logits", "probabilities", "kl"] = "logits"
+    temperature: float = 1.0
+    mask: Literal["none", "teacher_correct", "teacher_confident"] = "none"
+    warmup: float = 0.0
     stop_gradient_teacher: bool = True
     ignore_index: Optional[int] = None
     class_weights: Optional[list] = None
@@ -260,8 +274,13 @@ def _validate_ranges(cfg: Config) -> None:
         _check(getattr(t, key) >= 1, f"teacher.{key}", "must be >= 1")
     _check(t.key_dim is None or t.key_dim >= 1, "teacher.key_dim", "must be >= 1 or null")
     _check(t.hidden_dim % t.num_heads == 0, "teacher.hidden_dim", f"must be divisible by teacher.num_heads ({t.num_heads})")
+    _check(1 <= t.num_blocks <= 4, "teacher.num_blocks", "must be between 1 and 4")
+    _check(not (t.residual and not t.gate_trainable and t.gate_init == 0), "teacher.gate_init",
+           "is 0 with teacher.gate_trainable false, so the teacher would equal the student; set e.g. gate_init: 1.0")
     for key in ("student_weight", "teacher_weight", "distill_weight"):
         _check(getattr(d, key) >= 0, f"distill.{key}", "must be >= 0")
+    _check(d.temperature > 0, "distill.temperature", "must be > 0")
+    _check(0.0 <= d.warmup <= 1.0, "distill.warmup", "must be a fraction of training in [0, 1]")
     _check(d.class_weights is None or all(isinstance(w, (int, float)) and w >= 0 for w in d.class_weights),
            "distill.class_weights", "must be a list of non-negative numbers, one per class")
     for key in ("image_size",):

@@ -170,6 +170,7 @@ def test_section_that_is_not_a_mapping():
         (_with("distill", target="probabilites"), "distill.target", "probabilities"),
         (_with("model", library="segmentation_model"), "model.library", "segmentation_models"),
         (_with("train", mixed_precision="mixed_bf16"), "train.mixed_precision", "mixed_bfloat16"),
+        (_with("distill", mask="teacher_corect"), "distill.mask", "teacher_correct"),
     ],
 )
 def test_bad_literal_names_key_and_suggests_value(raw, key, suggestion):
@@ -198,6 +199,12 @@ def test_ints_are_accepted_for_float_fields_and_stored_as_float():
     [
         (_with("train", epochs=0), "train.epochs"),
         (_with("train", epochs=-3), "train.epochs"),
+        (_with("distill", temperature=0), "distill.temperature"),
+        (_with("distill", warmup=1.5), "distill.warmup"),
+        (_with("distill", warmup=-0.1), "distill.warmup"),
+        (_with("teacher", num_blocks=0), "teacher.num_blocks"),
+        (_with("teacher", num_blocks=5), "teacher.num_blocks"),
+        (_with("teacher", gate_init=0.0, gate_trainable=False), "teacher.gate_init"),
         (_with("train", batch_size=0), "train.batch_size"),
         (_with("train", learning_rate=-1e-3), "train.learning_rate"),
         (_with("train", learning_rate=0), "train.learning_rate"),

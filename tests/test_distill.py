@@ -10,8 +10,11 @@ import tensorflow as tf
 from axial_kd_tf.distill import (
     DistillationTrainer,
     build_distillation_model,
-    distillation_mse,
+    distillation_loss,
+    distillation_map,
+    distillation_mask,
     softmax_cross_entropy,
+    teacher_diagnostics,
     student_network,
     teacher_network,
 )
@@ -61,28 +64,87 @@ def test_ignored_pixels_do_not_change_the_loss():
     assert float(softmax_cross_entropy(labels, logits2, ignore_index=255)) == pytest.approx(a, rel=1e-6)
 
 
-@pytest.mark.parametrize("target", ["logits", "probabilities"])
-def test_distillation_mse_matches_numpy(target):
-    rng = np.random.default_rng(3)
-    s, t = rng.normal(size=(2, 3, 3, K)), rng.normal(size=(2, 3, 3, K))
+def _np_softmax(z, temperature=1.0):
+    z = z / temperature
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _np_distill_map(s, t, target, temperature=1.0):
+    if target == "logits":
+        return np.mean((s - t) ** 2, -1)
     if target == "probabilities":
-        sm = lambda z: np.exp(z) / np.exp(z).sum(-1, keepdims=True)  # noqa: E731
-        expected = np.mean((sm(s) - sm(t)) ** 2)
-    else:
-        expected = np.mean((s - t) ** 2)
-    got = float(distillation_mse(s.astype("float32"), t.astype("float32"), target))
-    np.testing.assert_allclose(got, expected, rtol=1e-5)
+        return np.mean((_np_softmax(s) - _np_softmax(t)) ** 2, -1)
+    pt, ps = _np_softmax(t, temperature), _np_softmax(s, temperature)
+    return temperature**2 * np.sum(pt * (np.log(pt) - np.log(ps)), -1)
+
+
+@pytest.mark.parametrize("target,temperature", [("logits", 1.0), ("probabilities", 1.0), ("kl", 1.0), ("kl", 3.0)])
+def test_distillation_terms_match_numpy(target, temperature):
+    rng = np.random.default_rng(3)
+    s, t = rng.normal(size=(2, 3, 4, K)) * 2, rng.normal(size=(2, 3, 4, K)) * 2
+    expected = _np_distill_map(s, t, target, temperature)
+    got = np.asarray(distillation_map(s.astype("float32"), t.astype("float32"), target, temperature))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    weights = rng.integers(0, 2, (2, 3, 4)).astype("float32")
+    got = float(distillation_loss(s.astype("float32"), t.astype("float32"), target, temperature,
+                                  pixel_weights=weights))
+    # A mask lowers the term: masked pixels count as zero, the mean stays over every pixel.
+    np.testing.assert_allclose(got, (expected * weights).sum() / weights.size, rtol=1e-4)
+    np.testing.assert_allclose(float(distillation_loss(s.astype("float32"), t.astype("float32"), target,
+                                                       temperature)), expected.mean(), rtol=1e-4)
+
+
+def test_kl_is_zero_at_the_teacher_and_its_gradient_points_to_it():
+    rng = np.random.default_rng(8)
+    t = rng.normal(size=(1, 2, 2, K)).astype("float32")
+    assert float(distillation_loss(t, t, "kl", 2.0)) == pytest.approx(0.0, abs=1e-6)
+    s = tf.Variable(rng.normal(size=(1, 2, 2, K)).astype("float32"))
+    with tf.GradientTape() as tape:
+        loss = distillation_loss(s, t, "kl", 2.0)
+    g = tape.gradient(loss, s).numpy()
+    # d/ds of T²·KL(p_t^T ‖ p_s^T) = T·(p_s^T − p_t^T) / N (mean over N pixels)
+    expected = 2.0 * (_np_softmax(s.numpy(), 2.0) - _np_softmax(t, 2.0)) / 4
+    np.testing.assert_allclose(g, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_distillation_masks_match_numpy():
+    rng = np.random.default_rng(9)
+    s, t = rng.normal(size=(2, 5, 5, K)).astype("float32"), rng.normal(size=(2, 5, 5, K)).astype("float32")
+    y = rng.integers(0, K, (2, 5, 5))
+    np.testing.assert_array_equal(np.asarray(distillation_mask(y, s, t, "none")), np.ones((2, 5, 5)))
+    np.testing.assert_array_equal(np.asarray(distillation_mask(y, s, t, "teacher_correct")),
+                                  (t.argmax(-1) == y).astype("float32"))
+    confident = _np_softmax(t).max(-1) > _np_softmax(s).max(-1)
+    np.testing.assert_array_equal(np.asarray(distillation_mask(y, s, t, "teacher_confident")),
+                                  confident.astype("float32"))
+    with pytest.raises(ValueError, match="mask"):
+        distillation_mask(y, s, t, "sometimes")
+    with pytest.raises(ValueError, match="target"):
+        distillation_map(s, t, "mse")
+
+
+def test_teacher_diagnostics_match_numpy():
+    rng = np.random.default_rng(10)
+    s, t = rng.normal(size=(2, 4, 4, K)).astype("float32"), rng.normal(size=(2, 4, 4, K)).astype("float32")
+    d = {k: float(v) for k, v in teacher_diagnostics(s, t).items()}
+    assert d["teacher_delta_l1"] == pytest.approx(np.abs(t - s).mean(), rel=1e-5)
+    assert d["teacher_delta_share"] == pytest.approx(np.abs(t - s).mean() / np.abs(t).mean(), rel=1e-5)
+    assert d["argmax_disagreement"] == pytest.approx((s.argmax(-1) != t.argmax(-1)).mean())
+    same = {k: float(v) for k, v in teacher_diagnostics(s, s).items()}
+    assert same["teacher_delta_l1"] == 0 and same["argmax_disagreement"] == 0
 
 
 def test_stop_gradient_into_teacher():
     s = tf.Variable(np.random.default_rng(4).normal(size=(1, 2, 2, K)).astype("float32"))
     t = tf.Variable(np.random.default_rng(5).normal(size=(1, 2, 2, K)).astype("float32"))
-    for stop, teacher_grad_zero in ((True, True), (False, False)):
-        with tf.GradientTape() as tape:
-            loss = distillation_mse(s, t, stop_gradient_teacher=stop)
-        gs, gt = tape.gradient(loss, [s, t])
-        assert np.abs(gs.numpy()).sum() > 0
-        assert (gt is None or np.abs(gt.numpy()).sum() == 0) == teacher_grad_zero
+    for target in ("logits", "kl"):
+        for stop, teacher_grad_zero in ((True, True), (False, False)):
+            with tf.GradientTape() as tape:
+                loss = distillation_loss(s, t, target, stop_gradient_teacher=stop)
+            gs, gt = tape.gradient(loss, [s, t])
+            assert np.abs(gs.numpy()).sum() > 0
+            assert (gt is None or np.abs(gt.numpy()).sum() == 0) == teacher_grad_zero
 
 
 # --------------------------------------------------------------------------------------------------- the model
@@ -157,9 +219,65 @@ def test_loss_is_the_weighted_sum_of_logged_terms():
     trainer.network.get_layer("axial_teacher_head").gate.assign(0.3)  # teacher != student
     x, y = _batch()
     terms = {k: float(v) for k, v in trainer.compute_loss_terms(y, trainer(x, training=False)).items()}
-    assert terms["distill_mse"] > 0
-    expected = 0.5 * terms["student_ce"] + 2.0 * terms["teacher_ce"] + 3.0 * terms["distill_mse"]
+    assert terms["distill_loss"] > 0
+    expected = 0.5 * terms["student_ce"] + 2.0 * terms["teacher_ce"] + 3.0 * terms["distill_loss"]
     assert terms["loss"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_masked_kl_term_in_the_trainer():
+    trainer = _trainer(target="kl", temperature=2.0, mask="teacher_correct")
+    trainer.network.get_layer("axial_teacher_head").gate.assign(0.5)
+    x, y = _batch()
+    out = trainer(x, training=False)
+    terms = {k: float(v) for k, v in trainer.compute_loss_terms(y, out).items()}
+    s, t = np.asarray(out["student"], np.float64), np.asarray(out["teacher"], np.float64)
+    mask = t.argmax(-1) == y
+    assert 0 < mask.mean() < 1
+    assert terms["distill_mask_share"] == pytest.approx(mask.mean())
+    assert terms["distill_loss"] == pytest.approx((_np_distill_map(s, t, "kl", 2.0) * mask).mean(), rel=1e-4)
+
+
+def test_distill_weight_warmup_ramps_linearly():
+    trainer = _trainer(distill_weight=2.0, warmup_steps=4)
+    x, y = _batch()
+    seen = []
+    for _ in range(6):
+        seen.append(float(trainer.current_distill_weight()))
+        logs = trainer.train_on_batch(x, y, return_dict=True)
+    np.testing.assert_allclose(seen, [0.5, 1.0, 1.5, 2.0, 2.0, 2.0], rtol=1e-6)
+    assert logs["distill_weight"] == pytest.approx(2.0)  # train_on_batch logs the last batch
+    assert float(_trainer(distill_weight=2.0).current_distill_weight()) == 2.0
+
+
+def test_gradient_diagnostics():
+    x, y = _batch(4)
+    trainer = _trainer()
+    # Gate 0: the teacher is the student, the distillation term has no gradient.
+    assert trainer.gradient_diagnostics(x, y)["distill_grad_share"] == 0.0
+    trainer.network.get_layer("axial_teacher_head").gate.assign(1.0)
+    before = [np.asarray(v) for v in trainer.network.non_trainable_variables]
+    weights = [np.asarray(v) for v in trainer.network.trainable_variables]
+    d = trainer.gradient_diagnostics(x, y)
+    assert 0.0 < d["distill_grad_share"] < 1.0 and -1.0 <= d["distill_grad_cosine"] <= 1.0
+    # Probing runs in training mode but leaves BatchNorm statistics and weights as they were.
+    for a, b in zip(before, trainer.network.non_trainable_variables):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    for a, b in zip(weights, trainer.network.trainable_variables):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    # The share grows with the distillation weight; with weight 0 it is 0.
+    heavy = _trainer(distill_weight=100.0)
+    heavy.network.set_weights(trainer.network.get_weights())
+    assert heavy.gradient_diagnostics(x, y)["distill_grad_share"] > d["distill_grad_share"]
+    off = _trainer(distill_weight=0.0)
+    off.network.set_weights(trainer.network.get_weights())
+    assert off.gradient_diagnostics(x, y)["distill_grad_share"] == 0.0
+    assert _trainer(distill=False).gradient_diagnostics(x, y) == {}
+
+
+def test_trainer_rejects_bad_options():
+    for kw in (dict(target="mse"), dict(mask="always"), dict(temperature=0.0)):
+        with pytest.raises(ValueError):
+            _trainer(**kw)
 
 
 @pytest.mark.parametrize("distill", [True, False])
@@ -172,9 +290,10 @@ def test_training_lowers_the_loss_and_logs_every_term(distill):
     assert last["loss"] < first["loss"]
     expected = {"loss", "student_ce", "student_miou", "student_iou_a", "student_iou_e"}
     if distill:
-        expected |= {"teacher_ce", "distill_mse", "teacher_miou", "teacher_iou_c"}
+        expected |= {"teacher_ce", "distill_loss", "teacher_miou", "teacher_iou_c", "teacher_delta_l1",
+                     "teacher_delta_share", "argmax_disagreement", "distill_mask_share", "distill_weight"}
     assert expected <= set(last)
-    assert distill or not any(k.startswith("teacher") or k == "distill_mse" for k in last)
+    assert distill or not any(k.startswith(("teacher", "distill", "argmax")) for k in last)
 
 
 def test_stop_gradient_option_changes_teacher_gradients():

@@ -64,15 +64,72 @@ def test_any_size_in_a_model():
         assert model(np.zeros(shape, "float32")).shape == shape
 
 
-def test_config_round_trip_and_keras_save(tmp_path):
-    head = AxialTeacherHead(5, hidden_dim=12, num_heads=3, key_dim=2, max_span=7, use_positional_encoding=False,
-                            use_normalization=False, pool_size=2, name="t")
+def _reference_head(head, x, gate=None, blocks=None):
+    """NumPy forward of a (possibly multi-block, residual or direct) head with its current weights."""
+    kw = dict(num_heads=head.num_heads, key_dim=head.key_dim, value_dim=head.hidden_dim // head.num_heads,
+              max_span=head.max_span, pos=head.use_positional_encoding, norm=head.use_normalization)
+    pin, pout = _params_of(head.in_proj), _params_of(head.out_proj)
+    h = x.astype(np.float64) @ pin["kernel"] + pin["bias"]
+    for i, (p_h, p_w) in enumerate(blocks):
+        y = np.maximum(reference_axial(reference_axial(h, p_h, axis="height", **kw), p_w, axis="width", **kw), 0)
+        h = y if i == 0 else h + y
+    branch = h @ pout["kernel"] + pout["bias"]
+    return branch if gate is None else x + gate * branch
+
+
+@pytest.mark.parametrize("residual,blocks", [(False, 1), (True, 2), (False, 2)])
+def test_direct_and_multi_block_heads_match_numpy(residual, blocks):
+    x = np.random.default_rng(5).normal(size=(2, 6, 5, 3)).astype("float32")
+    head = AxialTeacherHead(3, hidden_dim=4, num_heads=2, max_span=4, residual=residual, num_blocks=blocks,
+                            gate_init=0.3)
+    head(x)
+    assert len(head.blocks) == blocks
+    params = [(randomize_weights(hh, seed=10 + 2 * i), randomize_weights(ww, seed=11 + 2 * i))
+              for i, (hh, ww) in enumerate(head.blocks)]
+    rng = np.random.default_rng(6)
+    for dense in (head.in_proj, head.out_proj):
+        dense.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in dense.get_weights()])
+    expected = _reference_head(head, x, gate=0.3 if residual else None, blocks=params)
+    np.testing.assert_allclose(np.asarray(head(x, training=False)), expected, atol=2e-4, rtol=1e-4)
+    assert hasattr(head, "gate") == residual
+
+
+def test_fixed_gate_is_not_trained_and_teacher_differs_from_start():
+    x = np.random.default_rng(7).normal(size=(1, 8, 8, 5)).astype("float32")
+    head = AxialTeacherHead(5, hidden_dim=8, gate_init=1.0, gate_trainable=False)
+    y = np.asarray(head(x))
+    assert float(head.gate) == 1.0
+    assert all(w.path != head.gate.path for w in head.trainable_weights)
+    assert np.abs(y - x).mean() > 1e-3  # the branch is on from the first step
+    with pytest.raises(ValueError, match="gate"):
+        AxialTeacherHead(5, gate_init=0.0, gate_trainable=False)
+    with pytest.raises(ValueError):
+        AxialTeacherHead(5, num_blocks=0)
+
+
+def test_first_block_weights_keep_one_block_names():
+    """A two-block head's first block has the one-block head's weight paths (its weights load by name)."""
+    one, two = AxialTeacherHead(5, hidden_dim=8, name="h"), AxialTeacherHead(5, hidden_dim=8, num_blocks=2, name="h")
+    x = np.zeros((1, 4, 4, 5), "float32")
+    one(x), two(x)
+    assert {w.path for w in one.weights} < {w.path for w in two.weights}
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(hidden_dim=12, num_heads=3, key_dim=2, max_span=7, use_positional_encoding=False, use_normalization=False,
+         pool_size=2),
+    dict(hidden_dim=8, num_heads=2, residual=False, num_blocks=2),
+    dict(hidden_dim=8, gate_init=0.5, gate_trainable=False, detach_input=True),
+])
+def test_config_round_trip_and_keras_save(tmp_path, kwargs):
+    head = AxialTeacherHead(5, name="t", **kwargs)
     cfg = head.get_config()
     clone = AxialTeacherHead.from_config(cfg)
     assert clone.get_config() == cfg
     inp = keras.Input((None, None, 5))
     model = keras.Model(inp, head(inp))
-    head.gate.assign(0.5)
+    if head.residual and head.gate_trainable:
+        head.gate.assign(0.5)
     x = np.random.default_rng(4).normal(size=(1, 8, 10, 5)).astype("float32")
     path = tmp_path / "head.keras"
     model.save(path)

@@ -4,16 +4,25 @@ Paper: "Improving segmentation accuracy with self-distillation" (Hotta lab, Meij
 module applied to the student's output logits produces the *teacher* output, which sees global context along whole
 rows and columns. Axial passes follow Axial-DeepLab (Wang et al., ECCV 2020): a height pass, then a width pass.
 
-The head is residual and gated::
+The head maps the K student logits to K teacher logits::
 
-    h       = Dense(hidden)(pool(student))          # lift the K logits to `hidden` channels
-    h       = AxialAttention(width)(AxialAttention(height)(h))
-    teacher = student + gate · Dense(K)(upsample(relu(h)))
+    h       = Dense(hidden)(pool(student))                     # lift the K logits to `hidden` channels
+    h       = relu(AxialAttention(width)(AxialAttention(height)(h)))          # block 1
+    h       = h + relu(AxialAttention(width)(AxialAttention(height)(h)))      # blocks 2.. (num_blocks > 1)
+    branch  = Dense(K)(upsample(h))
+    teacher = student + gate · branch      (residual: true, the default)
+    teacher = branch                       (residual: false, the "direct" head)
 
-``gate`` is a scalar initialised to zero, so at initialisation the teacher equals the student and training starts
-from the student's own prediction (a ReZero-style gate). ``pool_size`` > 1 runs the attention on an average-pooled
-grid and upsamples its output bilinearly: the axial passes cost O(H·W·(H+W)), so pooling by ``s`` divides their cost
-by about ``s³`` while the residual path keeps full-resolution detail.
+* **Residual, learned gate from zero** (``gate_init=0``, the default): a ReZero-style scalar gate, so the teacher
+  starts as the student and training grows the attention branch from there.
+* **Residual, fixed or non-zero gate** (``gate_init=1``, ``gate_trainable=False``): the branch is on from the first
+  step at a constant weight.
+* **Direct** (``residual=False``): the teacher is the attention branch alone; it must re-derive every logit from the
+  student's through attention, so it can differ from the student most, and it has no shortcut to copy it.
+
+``pool_size`` > 1 runs the attention on an average-pooled grid and upsamples its output bilinearly: the axial passes
+cost O(H·W·(H+W)), so pooling by ``s`` divides their cost by about ``s³`` (with ``residual=True`` the shortcut keeps
+full-resolution detail; a direct head is then limited to the pooled resolution).
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from axial_kd_tf.layers.axial_attention import AxialAttention
 
 @keras.saving.register_keras_serializable(package="axial_kd_tf")
 class AxialTeacherHead(keras.layers.Layer):
-    """Residual, zero-gated axial-attention head mapping student logits ``[B, H, W, K]`` to teacher logits.
+    """Axial-attention head mapping student logits ``[B, H, W, K]`` to teacher logits ``[B, H, W, K]``.
 
     Args:
         num_classes: K, the number of logit channels in and out.
@@ -41,6 +50,11 @@ class AxialTeacherHead(keras.layers.Layer):
         pool_size: average-pool factor before attention (1 = full resolution).
         detach_input: stop the gradient from the teacher back into the student logits, so the teacher's loss trains
             the head only and the student learns from the teacher through the distillation term alone.
+        residual: ``teacher = student + gate · branch`` (True) or ``teacher = branch`` (False, the direct head).
+        gate_init: initial value of the residual gate (0: the teacher starts as the student).
+        gate_trainable: learn the gate (True) or keep it at ``gate_init`` (a fixed residual weight).
+        num_blocks: axial blocks (a height pass and a width pass each) in the branch; blocks after the first are
+            residual within the branch.
     """
 
     def __init__(
@@ -54,13 +68,20 @@ class AxialTeacherHead(keras.layers.Layer):
         use_normalization: bool = True,
         pool_size: int = 1,
         detach_input: bool = False,
+        residual: bool = True,
+        gate_init: float = 0.0,
+        gate_trainable: bool = True,
+        num_blocks: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if num_classes < 1 or hidden_dim < 1 or num_heads < 1 or pool_size < 1:
-            raise ValueError("num_classes, hidden_dim, num_heads and pool_size must be >= 1")
+        if num_classes < 1 or hidden_dim < 1 or num_heads < 1 or pool_size < 1 or num_blocks < 1:
+            raise ValueError("num_classes, hidden_dim, num_heads, pool_size and num_blocks must be >= 1")
         if hidden_dim % num_heads:
             raise ValueError(f"hidden_dim ({hidden_dim}) must be divisible by num_heads ({num_heads})")
+        if residual and not gate_trainable and gate_init == 0:
+            raise ValueError("a fixed gate of 0 makes the teacher equal to the student: set gate_init != 0 or "
+                             "gate_trainable=True")
         self.num_classes = int(num_classes)
         self.hidden_dim = int(hidden_dim)
         self.num_heads = int(num_heads)
@@ -70,6 +91,10 @@ class AxialTeacherHead(keras.layers.Layer):
         self.use_normalization = bool(use_normalization)
         self.pool_size = int(pool_size)
         self.detach_input = bool(detach_input)
+        self.residual = bool(residual)
+        self.gate_init = float(gate_init)
+        self.gate_trainable = bool(gate_trainable)
+        self.num_blocks = int(num_blocks)
         attn_kwargs = dict(
             num_heads=self.num_heads,
             key_dim=self.key_dim,
@@ -80,8 +105,14 @@ class AxialTeacherHead(keras.layers.Layer):
             dtype=self.dtype_policy,
         )
         self.in_proj = keras.layers.Dense(self.hidden_dim, name="in_proj", dtype=self.dtype_policy)
-        self.height_attention = AxialAttention("height", name="height_attention", **attn_kwargs)
-        self.width_attention = AxialAttention("width", name="width_attention", **attn_kwargs)
+        # Block 1 keeps the names of the one-block head, so its weights load into a one-block head.
+        suffixes = [""] + [f"_{i + 1}" for i in range(1, self.num_blocks)]
+        self.blocks = [
+            (AxialAttention("height", name=f"height_attention{s}", **attn_kwargs),
+             AxialAttention("width", name=f"width_attention{s}", **attn_kwargs))
+            for s in suffixes
+        ]
+        self.height_attention, self.width_attention = self.blocks[0]
         self.out_proj = keras.layers.Dense(self.num_classes, name="out_proj", dtype=self.dtype_policy)
 
     def build(self, input_shape: tuple) -> None:
@@ -89,25 +120,37 @@ class AxialTeacherHead(keras.layers.Layer):
             raise ValueError(f"AxialTeacherHead expects {self.num_classes} input channels, got {input_shape[-1]}")
         spatial = (None, None, None)
         self.in_proj.build(spatial + (self.num_classes,))
-        self.height_attention.build(spatial + (self.hidden_dim,))
-        self.width_attention.build(spatial + (self.hidden_dim,))
+        for height, width in self.blocks:
+            height.build(spatial + (self.hidden_dim,))
+            width.build(spatial + (self.hidden_dim,))
         self.out_proj.build(spatial + (self.hidden_dim,))
-        self.gate = self.add_weight(name="gate", shape=(), initializer="zeros")
+        if self.residual:
+            self.gate = self.add_weight(
+                name="gate", shape=(), initializer=keras.initializers.Constant(self.gate_init),
+                trainable=self.gate_trainable,
+            )
         self.built = True
 
-    def call(self, student_logits: Any, training: bool | None = None) -> Any:
+    def branch(self, student_logits: Any, training: bool | None = None) -> Any:
+        """The attention branch alone (``[B, H, W, K]``): the teacher minus the shortcut, before the gate."""
         x = ops.stop_gradient(student_logits) if self.detach_input else student_logits
         h = x
         if self.pool_size > 1:
             h = ops.average_pool(h, self.pool_size, strides=self.pool_size, padding="same")
         h = self.in_proj(h)
-        h = self.height_attention(h, training=training)
-        h = self.width_attention(h, training=training)
-        h = ops.relu(h)
+        for i, (height, width) in enumerate(self.blocks):
+            y = ops.relu(width(height(h, training=training), training=training))
+            h = y if i == 0 else h + y
         if self.pool_size > 1:
             shape = ops.shape(x)
             h = ops.image.resize(h, (shape[1], shape[2]), interpolation="bilinear")
-        y = self.out_proj(h)
+        return self.out_proj(h)
+
+    def call(self, student_logits: Any, training: bool | None = None) -> Any:
+        y = self.branch(student_logits, training=training)
+        if not self.residual:
+            return y
+        x = ops.stop_gradient(student_logits) if self.detach_input else student_logits
         return ops.cast(x, y.dtype) + ops.cast(self.gate, y.dtype) * y
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
@@ -125,5 +168,9 @@ class AxialTeacherHead(keras.layers.Layer):
             use_normalization=self.use_normalization,
             pool_size=self.pool_size,
             detach_input=self.detach_input,
+            residual=self.residual,
+            gate_init=self.gate_init,
+            gate_trainable=self.gate_trainable,
+            num_blocks=self.num_blocks,
         )
         return config
