@@ -11,9 +11,11 @@ from axial_kd_tf.io_utils import atomic_write_bytes
 
 # Panels: (title, [column prefixes]); train and val_ variants are drawn together.
 _PANELS = (
-    ("loss terms", ("loss", "student_ce", "teacher_ce", "distill_mse")),
+    ("loss terms", ("loss", "student_ce", "teacher_ce", "distill_loss")),
     ("mIoU", ("student_miou", "teacher_miou")),
     ("learning rate", ("learning_rate",)),
+    ("teacher vs student", ("argmax_disagreement", "teacher_delta_share", "gate", "distill_grad_share",
+                            "distill_grad_cosine")),
 )
 
 
@@ -32,7 +34,8 @@ def read_history(path: str | Path) -> dict[str, list[float]]:
 
 
 def plot_history(history_csv: str | Path, out_png: str | Path) -> Path:
-    """Plot loss terms, student/teacher mIoU (train and validation) and the learning rate per epoch."""
+    """Plot loss terms, student/teacher mIoU (train and validation), the learning rate, the teacher diagnostics and
+    the per-class validation IoU of each output, per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,9 +44,16 @@ def plot_history(history_csv: str | Path, out_png: str | Path) -> Path:
     hist = read_history(history_csv)
     epochs = [int(e) + 1 for e in hist.get("epoch", [])]
     panels = [(t, [c for p in cols for c in (p, f"val_{p}") if c in hist]) for t, cols in _PANELS]
+    # Per-class validation IoU of each output: a collapsing class shows as a line falling to 0.
+    for output in ("student", "teacher"):
+        panels.append((f"val IoU per class ({output})", [c for c in hist if c.startswith(f"val_{output}_iou_")]))
     panels = [(t, cols) for t, cols in panels if cols]
-    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5 * max(len(panels), 1), 3.6), squeeze=False)
-    for ax, (title, cols) in zip(axes[0], panels):
+    ncols = min(max(len(panels), 1), 3)
+    nrows = max(math.ceil(len(panels) / ncols), 1)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (title, cols) in zip(axes.flat, panels):
         for col in cols:
             ax.plot(epochs, hist[col], marker="o", ms=3, ls="--" if col.startswith("val_") else "-", label=col)
         ax.set_title(title)

@@ -35,6 +35,7 @@ from axial_kd_tf.distill import (
     DistillationTrainer,
     build_distillation_model,
     student_network,
+    teacher_head,
     teacher_network,
 )
 from axial_kd_tf.errors import UserError
@@ -68,7 +69,8 @@ def teacher_kwargs(cfg: Config) -> dict:
     return dict(
         hidden_dim=t.hidden_dim, num_heads=t.num_heads, key_dim=t.key_dim, max_span=t.max_span,
         use_positional_encoding=t.positional_encoding, use_normalization=t.normalization, pool_size=t.pool_size,
-        detach_input=t.detach_input,
+        detach_input=t.detach_input, residual=t.residual, gate_init=t.gate_init, gate_trainable=t.gate_trainable,
+        num_blocks=t.num_blocks,
     )
 
 
@@ -80,7 +82,9 @@ def build_model_from_config(cfg: Config, num_classes: int, in_channels: int) -> 
     )
 
 
-def make_trainer(cfg: Config, model: keras.Model, class_names: tuple[str, ...]) -> DistillationTrainer:
+def make_trainer(cfg: Config, model: keras.Model, class_names: tuple[str, ...], total_steps: int = 0
+                 ) -> DistillationTrainer:
+    """The trainer for ``cfg.distill``; ``total_steps`` (epochs × steps per epoch) sizes the ``distill.warmup`` ramp."""
     d = cfg.distill
     if d.class_weights is not None and len(d.class_weights) != len(class_names):
         raise UserError(
@@ -90,6 +94,7 @@ def make_trainer(cfg: Config, model: keras.Model, class_names: tuple[str, ...]) 
     return DistillationTrainer(
         model, num_classes=len(class_names), class_names=class_names, student_weight=d.student_weight,
         teacher_weight=d.teacher_weight, distill_weight=d.distill_weight, target=d.target,
+        temperature=d.temperature, mask=d.mask, warmup_steps=int(round(d.warmup * total_steps)),
         stop_gradient_teacher=d.stop_gradient_teacher, ignore_index=d.ignore_index, class_weights=d.class_weights,
         name="trainer",
     )
@@ -208,6 +213,63 @@ class BestStateCallback(keras.callbacks.Callback):
             atomic_write_json(self.path, {"epoch": epoch + 1, "monitor": BEST_MONITOR, "value": float(value)})
 
 
+class TeacherDiagnostics(keras.callbacks.Callback):
+    """Per epoch, into the logs (so ``history.csv`` and TensorBoard get them): the teacher head's ``gate`` and the
+    distillation term's share of the student's gradient (``distill_grad_share``, ``distill_grad_cosine``, see
+    :meth:`DistillationTrainer.gradient_diagnostics`) on a fixed probe batch of training images.
+
+    Must come before ``CSVLogger`` and ``TensorBoard`` in the callback list: they read the same logs dict.
+    """
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray) -> None:
+        super().__init__()
+        self.images = tf.constant(images)
+        self.masks = tf.constant(np.asarray(masks).astype("int32"))
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        if logs is None:
+            return
+        head = teacher_head(self.model.network)
+        if head is None:
+            return
+        if head.residual:
+            logs["gate"] = float(head.gate)
+        logs.update(self.model.gradient_diagnostics(self.images, self.masks))
+
+
+class ClassWatch(keras.callbacks.Callback):
+    """Warns, as it happens, when a class collapses in an output's validation IoU.
+
+    A class *collapses* when its IoU falls below ``floor`` (1 %) after having reached ``learned`` (10 %), or falls
+    below half of its best with a drop of at least ``learned``. The warnings are kept in ``warnings`` (and written to
+    ``metrics.json``) so a collapsing class is seen during the run, not after it.
+    """
+
+    def __init__(self, class_names: tuple[str, ...], progress: Progress = print, floor: float = 0.01,
+                 learned: float = 0.10) -> None:
+        super().__init__()
+        self.class_names, self.progress, self.floor, self.learned = class_names, progress, floor, learned
+        self.best: dict[str, float] = {}
+        self.warnings: list[str] = []
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        for output in (STUDENT, TEACHER):
+            for name in self.class_names:
+                key = f"val_{output}_iou_{name}"
+                value = (logs or {}).get(key)
+                if value is None or math.isnan(float(value)):
+                    continue
+                value, best = float(value), self.best.get(key, 0.0)
+                collapsed = best >= self.learned and (value < self.floor or (value < best / 2
+                                                                              and best - value >= self.learned))
+                if collapsed:
+                    line = (f"warning: epoch {epoch + 1}: {output} IoU of class '{name}' fell to {value * 100:.1f} "
+                            f"(best {best * 100:.1f})")
+                    self.warnings.append(line)
+                    self.progress(line)
+                self.best[key] = max(best, value)
+
+
 class EpochProgress(keras.callbacks.Callback):
     """One concise line per epoch: loss terms, student/teacher mIoU (train and val), best so far, elapsed and ETA."""
 
@@ -237,10 +299,16 @@ class EpochProgress(keras.callbacks.Callback):
         def pct(key: str) -> str:
             return f"{logs[key] * 100:5.1f}" if key in logs else "  -  "
 
-        terms = " ".join(f"{k} {logs[k]:.3f}" for k in ("student_ce", "teacher_ce", "distill_mse") if k in logs)
+        terms = " ".join(f"{k} {logs[k]:.3f}" for k in ("student_ce", "teacher_ce", "distill_loss") if k in logs)
+        teacher = ""
+        if "val_argmax_disagreement" in logs:
+            teacher = f" | T≠S {logs['val_argmax_disagreement'] * 100:.1f}%"
+            teacher += f" gate {logs['gate']:.3f}" if "gate" in logs else ""
+            teacher += f" D-grad {logs['distill_grad_share'] * 100:.0f}%" if "distill_grad_share" in logs else ""
         line = (f"epoch {epoch + 1:>3}/{total} loss {logs.get('loss', float('nan')):.3f} ({terms}) | mIoU train "
                 f"S {pct('student_miou')} T {pct('teacher_miou')} | val S {pct('val_student_miou')} "
-                f"T {pct('val_teacher_miou')} | best val S {self.best * 100:5.1f} | {elapsed:4.0f}s, ETA {eta:4.0f}s")
+                f"T {pct('val_teacher_miou')}{teacher} | best val S {self.best * 100:5.1f} | {elapsed:4.0f}s, "
+                f"ETA {eta:4.0f}s")
         self.progress(line.replace(" T   -  ", ""))
 
 
@@ -276,15 +344,16 @@ def train(
         progress(f"[data] loading '{cfg.data.dataset}'")
         data = load_data(cfg)
         model = build_model_from_config(cfg, data.num_classes, data.in_channels)
-        trainer = make_trainer(cfg, model, data.class_names)
         spe = steps_per_epoch(cfg, len(data.train_images))
+        trainer = make_trainer(cfg, model, data.class_names, spe * cfg.train.epochs)
         trainer.compile(optimizer=make_optimizer(cfg, spe * cfg.train.epochs), jit_compile=cfg.train.jit_compile)
         n_student = student_network(model).count_params()
         progress(
             f"[model] {cfg.model.arch}: {n_student:,} student params, {model.count_params() - n_student:,} teacher params"
             f" ({'distillation' if cfg.distill.enabled else 'baseline'} mode, {cfg.train.mixed_precision})"
         )
-        callbacks = _callbacks(cfg, run_dir, data, resuming) + list(extra_callbacks)
+        watch = ClassWatch(data.class_names, progress)
+        callbacks = _callbacks(cfg, run_dir, data, resuming) + [watch] + list(extra_callbacks)
         if cfg.logging.verbose == 1:
             callbacks.append(EpochProgress(progress))
         train_ds = data.train_dataset(cfg.train.batch_size, cfg.data.seed, cfg.data.crop_size, cfg.data.augment)
@@ -309,7 +378,7 @@ def train(
         metrics.update(
             best_epoch=best["epoch"], epochs=cfg.train.epochs, mode="distillation" if cfg.distill.enabled else "baseline",
             train_wall_time_s=round(train_time, 1), student_params=n_student,
-            teacher_params=model.count_params() - n_student,
+            teacher_params=model.count_params() - n_student, class_warnings=watch.warnings,
         )
         if cfg.export.enabled:
             export_run(run_dir, cfg, model=model, data=data, progress=progress)
@@ -331,7 +400,14 @@ def _callbacks(cfg: Config, run_dir: Path, data: DataBundle, resuming: bool) -> 
         str(ckpt_dir / "best.weights.h5"), monitor=BEST_MONITOR, mode="max", save_best_only=True,
         save_weights_only=True, initial_value_threshold=threshold,
     )
-    callbacks: list = [
+    callbacks: list = []
+    if cfg.distill.enabled:
+        # First: it adds the gate and gradient shares to the logs that the callbacks below write.
+        size = cfg.data.crop_size or min(data.train_images.shape[1:3])
+        n = min(cfg.train.batch_size, len(data.train_images))
+        probe_masks = center_crop(np.asarray(data.train_masks[:n])[..., None], size)[..., 0]
+        callbacks.append(TeacherDiagnostics(center_crop(data.train_images[:n], size), probe_masks))
+    callbacks += [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=True),
         best,
         BestStateCallback(best_json, best),

@@ -60,6 +60,35 @@ def test_run_directory_layout(distill_run):
     assert saved["mode"] == "distillation" and saved["teacher_params"] > 0
 
 
+def test_history_has_the_teacher_diagnostics(distill_run):
+    import csv
+
+    run, _ = distill_run
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert len(rows) == 2
+    for key in ["gate", "distill_grad_share", "distill_grad_cosine", "teacher_delta_l1", "teacher_delta_share",
+                "argmax_disagreement", "val_argmax_disagreement", "distill_mask_share", "distill_weight",
+                "val_student_iou_synapse", "val_teacher_iou_synapse"]:
+        values = [float(r[key]) for r in rows]
+        assert all(np.isfinite(values)), key
+    assert 0.0 <= float(rows[-1]["distill_grad_share"]) <= 1.0
+    assert float(rows[-1]["gate"]) != 0.0  # the gate learned something
+
+
+def test_class_watch_warns_when_a_class_collapses():
+    from axial_kd_tf.training import ClassWatch
+
+    lines = []
+    watch = ClassWatch(("a", "b"), progress=lines.append)
+    history = [{"a": 0.30, "b": 0.05}, {"a": 0.32, "b": 0.004}, {"a": 0.12, "b": 0.0}, {"a": 0.005, "b": 0.0}]
+    for epoch, ious in enumerate(history):
+        watch.on_epoch_end(epoch, {f"val_student_iou_{k}": v for k, v in ious.items()})
+    # 'b' never reached 10 %: no warning; 'a' fell below half its best by >= 10 points (epoch 3), then below 1 %.
+    assert len(watch.warnings) == 2 and lines == watch.warnings
+    assert "epoch 3" in watch.warnings[0] and "'a'" in watch.warnings[0] and "12.0" in watch.warnings[0]
+    assert "epoch 4" in watch.warnings[1] and "0.5" in watch.warnings[1]
+
+
 def test_export_report(distill_run):
     run, _ = distill_run
     report = json.loads((run / "export" / "export_report.json").read_text())
@@ -77,11 +106,14 @@ def test_tensorboard_has_scalars_and_image_panels(distill_run):
     run, _ = distill_run
     train_tags = _tags(run / "tensorboard" / "train")
     val_tags = _tags(run / "tensorboard" / "validation")
-    for term in ["loss", "student_ce", "teacher_ce", "distill_mse", "student_miou", "teacher_miou",
+    for term in ["loss", "student_ce", "teacher_ce", "distill_loss", "student_miou", "teacher_miou",
                  "student_iou_membrane", "teacher_iou_synapse"]:
         assert f"epoch_{term}" in train_tags, term
         assert f"epoch_{term}" in val_tags, term
     assert "epoch_learning_rate" in train_tags
+    for diag in ["gate", "distill_grad_share", "distill_grad_cosine", "teacher_delta_l1", "argmax_disagreement"]:
+        assert f"epoch_{diag}" in train_tags, diag
+    assert "epoch_argmax_disagreement" in val_tags
     assert any(t.startswith("val_panels") for t in _tags(run / "tensorboard" / "images"))
 
 
