@@ -1,13 +1,15 @@
-"""``python -m axial_kd_tf.data {download,verify,info,class-weights} sstem|covid``.
+"""``python -m axial_kd_tf.data {download,verify,info,class-weights} sstem|covid`` and ``phantom covid --dir DIR``.
 
-User errors (an unknown dataset, a network failure, a checksum mismatch) print one line ``error: ...`` to stderr and
-exit with code 2, without a traceback.
+User errors (an unknown dataset, a network failure, a checksum mismatch, a bad phantom size) print one line
+``error: ...`` to stderr and exit with code 2, without a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -18,7 +20,8 @@ PROG = "python -m axial_kd_tf.data"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Download, verify and describe the public datasets (sstem, covid). "
+    parser = _Parser(prog=PROG, description="Download, verify and describe the public datasets (sstem, covid), or "
+                     "write a synthetic covid phantom. "
                      "The default folder is $AXIAL_KD_DATA_DIR/<name>, else ~/.cache/axial_kd_tf/<name>, which is "
                      "where data.root: null looks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -46,6 +49,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="median-frequency balancing (default) or inverse frequency")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
                    help="data config value, e.g. --set data.train_slices=60 or data.fold=2 (repeatable)")
+
+    p = sub.add_parser("phantom", help="write a synthetic CT phantom in the MedSeg layout (covid) to try the covid "
+                       "path offline; not real data")
+    p.add_argument("name", help="covid")
+    p.add_argument("--dir", type=Path, required=True,
+                   help="folder to write: new or empty (not the download cache, so it is never taken for real data)")
+    p.add_argument("--slices", type=int, default=100, help="number of slices (default 100, as MedSeg)")
+    p.add_argument("--size", type=int, default=512, help="slice height and width in pixels (default 512)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); the same seed gives the same files")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier phantom in --dir")
     return parser
 
 
@@ -70,7 +83,36 @@ def _class_weights(name: str, folder: Optional[Path], kind: str, overrides: Sequ
     print(f"--set distill.class_weights=[{','.join(f'{w:.4g}' for w in weights)}]")
 
 
-@_guard(interrupted="re-run the same command to resume the download")
+def _train_command(root: Path, slices: int, size: int) -> str:
+    """The ``train.py`` line for a phantom, with the split and crop overrides that configs/covid.yaml needs."""
+    parts = ["python train.py --config configs/covid.yaml", f"--set data.root={shlex.quote(str(root))}"]
+    if slices < 86:  # covid.yaml's 70 + 15 slices would leave no test slice
+        train, val = max(1, round(0.7 * slices)), max(1, round(0.15 * slices))
+        train = min(train, slices - val - 1)
+        parts += [f"--set data.train_slices={train}", f"--set data.val_slices={val}"]
+    if size < 256:  # covid.yaml crops 256² windows
+        parts.append("--set data.crop_size=null")
+    return " ".join(parts)
+
+
+def _phantom(name: str, folder: Path, slices: int, size: int, seed: int, overwrite: bool) -> None:
+    from axial_kd_tf.data.phantom import read_info, write_covid_phantom
+
+    if name != "covid":
+        raise UserError(f"there is no phantom for dataset '{name}'; only covid has one (the quickstart's synthetic "
+                        f"dataset needs no files)")
+    start = time.perf_counter()
+    root = write_covid_phantom(folder, slices, size, seed, overwrite=overwrite)
+    info = read_info(root) or {}
+    print(f"covid phantom: {slices} slices of {size}x{size} (seed {seed}) written to '{root}' in "
+          f"{time.perf_counter() - start:.1f} s; synthetic, not real CT")
+    for cls, share, count in zip(info.get("class_names", []), info.get("class_shares", []),
+                                 info.get("slices_with_class", [])):
+        print(f"  {cls:18s} {100 * share:7.3f} %   in {count} of {slices} slices")
+    print(f"train on it: {_train_command(root, slices, size)}")
+
+
+@_guard(interrupted="re-run the same command (a download resumes where it stopped)")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from axial_kd_tf.data import download as dl
 
@@ -94,6 +136,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(dl.info(args.name, args.dir))
     elif args.command == "class-weights":
         _class_weights(args.name, args.dir, args.kind, args.overrides)
+    elif args.command == "phantom":
+        _phantom(args.name, args.dir, args.slices, args.size, args.seed, args.overwrite)
     return 0
 
 
