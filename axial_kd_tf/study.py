@@ -287,7 +287,8 @@ def build_record(run_dir: Path, root: Path, split: str, grid_overrides: Optional
         "val_miou": m.get("val_miou"),
         "diagnostics": history_diagnostics(run_dir / "history.csv"),
         "train_wall_time_s": m.get("train_wall_time_s"),
-        "date": m.get("evaluated_at"),
+        "date": m.get("evaluated_at") or time.strftime(
+            "%Y-%m-%dT%H:%M:%S%z", time.localtime((run_dir / metrics_file(split)).stat().st_mtime)),
         "git_commit": m.get("git_commit"),
         "git_dirty": m.get("git_dirty"),
         "run_dir": rel,

@@ -10,6 +10,7 @@ import math
 import shutil
 import time
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -298,3 +299,220 @@ def test_report_only_rebuilds_the_tables_without_training(grid, tiny_yaml):
     assert rc == 0, err
     assert "[run" not in out and "evaluated runs on disk" in out
     assert (root / "table.csv").read_text() == table and (root / "table.md").is_file()
+
+
+# ------------------------------------------------------------------------------------ studies: variants, splits, records
+SWEEP = ("--sweep", "distill.distill_weight=0.5,2")
+VARIANTS = ("distill_weight=0.5", "distill_weight=2")
+VOLATILE = ("train_wall_time_s", "date", "git_commit", "git_dirty")
+
+
+@pytest.fixture(scope="module")
+def study_grid(grid, tiny_yaml, tmp_path_factory) -> tuple[Path, Path, str]:
+    """A shared baseline and two distill variants, evaluated on the validation split, with records (in-process).
+
+    The baseline is the one ``grid`` trained (same config and seed), so it is only evaluated here.
+    """
+    out = tmp_path_factory.mktemp("study")
+    baseline = out / "tiny" / "runs" / ARCH / "baseline"
+    shutil.copytree(grid[0] / "runs" / ARCH / "baseline", baseline)
+    for name in ("test_metrics.json", "test_predictions.npz"):
+        (baseline / "fold0-seed0" / name).unlink()
+    records = out / "records" / "study.json"
+    rc, stdout, stderr = run_main("--config", tiny_yaml, "--archs", ARCH, "--out", out, "--in-process", *SWEEP,
+                                  "--split", "val", "--record", records)
+    assert rc == 0, stderr
+    return out / "tiny", records, stdout
+
+
+def test_dry_run_layout_with_and_without_variants(tiny_yaml, tmp_path):
+    rc, out, _ = run_main("--config", tiny_yaml, "--archs", ARCH, "--out", tmp_path, "--dry-run")
+    assert rc == 0 and str(tmp_path / "tiny" / "runs" / ARCH / "distill" / "fold0-seed0") in out
+    variants = tmp_path / "v.yaml"
+    variants.write_text("kl-T2: {distill.target: logits, distill.distill_weight: 2}\nplain: {}\n")
+    rc, out, err = run_main("--config", tiny_yaml, "--archs", ARCH, "--seeds", "1-2", "--out", tmp_path,
+                            "--variants", variants, "--dry-run")
+    assert rc == 0, err
+    assert "6 runs (archs × (baseline + variants) × folds × seeds = 1 × (1 + 2) × 1 × 2)" in out
+    lines = [line for line in out.splitlines() if line.startswith("[run ")]
+    assert [line.split(": ")[0] for line in lines[:3]] == [
+        "[run 1/6] simple_unet baseline fold 0 seed 1", "[run 2/6] simple_unet distill [kl-T2] fold 0 seed 1",
+        "[run 3/6] simple_unet distill [plain] fold 0 seed 1"]
+    for line, group in zip(lines, ["baseline", "kl-T2", "plain"] * 2):
+        assert f"runs/{ARCH}/{group}/fold0-seed" in line
+    assert "/distill/" not in out and not (tmp_path / "tiny").exists()
+
+
+def test_bad_variants_fail_before_anything_runs(tiny_yaml, tmp_path):
+    common = ["--config", tiny_yaml, "--archs", ARCH, "--out", tmp_path]
+    bad_name = tmp_path / "bad.yaml"
+    bad_name.write_text("ok: {}\nnot/ok: {distill.target: logits}\n")
+    rc, _, err = run_main(*common, "--variants", bad_name)
+    assert rc == 2 and err.count("\n") == 1 and str(bad_name) in err and "'not/ok'" in err
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("kl: {distill.targt: logits}\n")
+    rc, _, err = run_main(*common, "--variants", typo)
+    assert rc == 2 and err.count("\n") == 1
+    assert "variant 'kl'" in err and "unknown config key 'distill.targt'; did you mean 'distill.target'?" in err
+    for argv, message in [
+        (["--sweep", "distill.target=logits,bogus"], "config key 'distill.target' must be one of"),
+        (["--sweep", "distill.distill_weight=1", "--modes", "baseline"], "--modes has no distill"),
+        (["--sweep", "data.fold=1"], "which the grid sets itself"),
+        (["--parallel", "2", "--in-process"], "cannot be combined with --in-process"),
+        (["--parallel", "0"], "--parallel must be >= 1"),
+        (["--parallel", "999"], "more than the"),
+    ]:
+        rc, _, err = run_main(*common, *argv)
+        assert rc == 2 and err.count("\n") == 1 and message in err, (argv, err)
+    assert not (tmp_path / "tiny").exists()  # nothing was written
+
+
+def test_variants_layout_val_split_and_tables(study_grid):
+    root, _, stdout = study_grid
+    assert "2 to train, 0 to resume, 1 to evaluate, 0 already evaluated on the val split" in stdout
+    assert f"[run 2/3] {ARCH} distill [distill_weight=0.5] fold 0 seed 0 finished in" in stdout
+    assert "val mIoU student" in stdout
+    assert sorted(p.name for p in (root / "runs" / ARCH).iterdir()) == ["baseline", *VARIANTS]
+    digests = set()
+    for group, weight in [("baseline", 1.0), (VARIANTS[0], 0.5), (VARIANTS[1], 2.0)]:
+        run = root / "runs" / ARCH / group / "fold0-seed0"
+        cfg = load_config(run / "config.yaml")
+        assert cfg.distill.distill_weight == weight and cfg.distill.enabled == (group != "baseline")
+        assert (run / "val_metrics.json").is_file() and (run / "val_predictions.npz").is_file()
+        assert not (run / "test_metrics.json").exists()
+        m = json.loads((run / "val_metrics.json").read_text())
+        assert m["split"] == "val" and m["num_images"] == 8
+        digests.add(m["config_digest"])
+        assert (root / "logs" / f"{ARCH}_{group}_fold0-seed0.log").is_file()
+    assert len(digests) == 1  # one base config: the variants' overrides are recorded apart from the digest
+    assert not (root / "table.md").exists()  # the test-split tables are not touched by a val grid
+    md = (root / "val_table.md").read_text()
+    assert md.startswith("# tiny: val IoU (%)")
+    labels = [r["model"] for r in _csv_rows(root / "val_table.csv")]
+    assert labels == ["simple U-Net without"] + [f"simple U-Net with [{v}]: {o}" for v in VARIANTS
+                                                 for o in ("student", "teacher")]
+    assert _csv_rows(root / "val_table.csv")[1]["variant"] == VARIANTS[0]
+    runs = json.loads((root / "val_runs.json").read_text())
+    assert {r.get("variant") for r in runs} == {None, *VARIANTS}
+    for v in VARIANTS:
+        assert (root / "val_overlays" / f"{ARCH}_{v}_fold0_seed0.png").is_file()
+
+
+def test_records_of_a_study(study_grid, tiny_yaml):
+    root, records, _ = study_grid
+    recs = json.loads(records.read_text())
+    assert [(r["variant"], r["split"]) for r in recs] == [("baseline", "val"), (VARIANTS[0], "val"),
+                                                         (VARIANTS[1], "val")]
+    text = records.read_text()
+    assert str(root.parent) not in text and '"/' not in text  # no path of this machine
+    for r in recs:
+        group = r["variant"]
+        run = root / "runs" / ARCH / group / "fold0-seed0"
+        m = json.loads((run / "val_metrics.json").read_text())
+        assert r["run_dir"] == f"runs/{ARCH}/{group}/fold0-seed0" and r["study"] == "tiny"
+        assert r["outputs"] == {k: {"per_class_iou": v["per_class_iou"], "miou": v["miou"]}
+                                for k, v in m["outputs"].items()}
+        assert (r["iterations"], r["epochs"], r["batch_size"]) == (2, 1, 4)
+        assert r["grid_overrides"] == [] and r["class_names"] == m["class_names"]
+        assert len(r["diagnostics"]["val_student_miou"]) == 1
+        assert r["overrides"] == ({} if group == "baseline" else {"distill.distill_weight": float(group[15:])})
+    assert "val_argmax_disagreement" in recs[1]["diagnostics"]
+    # --report-only --record re-records every evaluated run: the same file, byte for byte
+    rc, out, err = run_main("--config", tiny_yaml, "--archs", ARCH, "--out", root.parent, *SWEEP, "--split", "val",
+                            "--record", records, "--report-only")
+    assert rc == 0, err
+    assert "[record] 3 records upserted" in out and records.read_text() == text
+
+
+def test_val_then_test_reuses_the_trained_runs(study_grid, tiny_yaml, tmp_path):
+    root = tmp_path / "tiny"
+    shutil.copytree(study_grid[0], root)
+    records = tmp_path / "study.json"
+    shutil.copy(study_grid[1], records)
+    mtimes = {p: p.stat().st_mtime for p in root.glob(f"runs/{ARCH}/*/fold0-seed0/model.keras")}
+    assert len(mtimes) == 3
+    rc, out, err = run_main("--config", tiny_yaml, "--archs", ARCH, "--out", tmp_path, "--in-process", *SWEEP,
+                            "--split", "test", "--record", records)
+    assert rc == 0, err
+    assert "0 to train, 0 to resume, 3 to evaluate, 0 already evaluated" in out
+    assert "[train]" not in out and out.count("[test]") == 3
+    assert all(p.stat().st_mtime == t for p, t in mtimes.items())
+    for group in ("baseline", *VARIANTS):
+        run = root / "runs" / ARCH / group / "fold0-seed0"
+        assert json.loads((run / "test_metrics.json").read_text())["split"] == "test"
+        assert (run / "val_metrics.json").is_file()
+    assert (root / "table.md").read_text().startswith("# tiny: test IoU (%)")
+    recs = json.loads(records.read_text())
+    assert sorted((r["split"], r["variant"]) for r in recs) == sorted(
+        (s, v) for s in ("val", "test") for v in ("baseline", *VARIANTS))
+    # the val split stays done: a second val invocation has nothing to do
+    rc, out, _ = run_main("--config", tiny_yaml, "--archs", ARCH, "--out", tmp_path, *SWEEP, "--split", "val",
+                          "--dry-run")
+    assert rc == 0 and "3 already evaluated on the val split" in out
+
+
+def _comparable(rec: dict, volatile: Sequence[str] = VOLATILE) -> dict:
+    return {k: v for k, v in rec.items() if k not in tuple(volatile) + ("diagnostics",)}
+
+
+@pytest.mark.skipif(len(__import__("axial_kd_tf.parallel").parallel.usable_cpus()) < 2, reason="needs 2 CPUs")
+@pytest.mark.parametrize("train", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_parallel_children_finish_with_the_serial_records(grid, tiny_yaml, tmp_path, train):
+    """--parallel 2: two pinned single-thread children at once give the records of the serial in-process grid.
+
+    Fast tier: the children evaluate copies of the serial grid's trained runs (the worker's training path is the one
+    test_default_mode_trains_in_a_child_process covers); slow tier: they train too.
+    """
+    serial = tmp_path / "serial.json"
+    rc, _, err = run_main("--config", tiny_yaml, "--archs", ARCH, "--out", grid[0].parent, "--report-only",
+                          "--record", serial)
+    assert rc == 0, err
+    if not train:
+        shutil.copytree(grid[0] / "runs", tmp_path / "par" / "tiny" / "runs")
+        for path in (tmp_path / "par" / "tiny" / "runs").glob("*/*/*/test_*"):
+            path.unlink()
+    parallel = tmp_path / "parallel.json"
+    rc, out, err = run_main("--config", tiny_yaml, "--archs", ARCH, "--out", tmp_path / "par", "--parallel", "2",
+                            "--record", parallel)
+    assert rc == 0, err
+    first = "[train]" if train else "[test]"
+    assert f"[{ARCH}/baseline/fold0-seed0] {first}" in out and f"[{ARCH}/distill/fold0-seed0] {first}" in out
+    assert "2 in parallel" in out and ("0 to evaluate" if train else "2 to evaluate") in out
+    cpus = []
+    for mode in ("baseline", "distill"):
+        log = (tmp_path / "par" / "tiny" / "logs" / f"{ARCH}_{mode}_fold0-seed0.log").read_text()
+        line = next(line for line in log.splitlines() if line.startswith("[worker] CPUs "))
+        assert "1 intra-op / 1 inter-op threads" in line
+        cpus.append(line.split()[2])
+    assert len(set(cpus)) == 2  # disjoint shares
+    a, b = json.loads(serial.read_text()), json.loads(parallel.read_text())
+    assert [(r["variant"], r["split"]) for r in b] == [("baseline", "test"), ("distill", "test")]
+    volatile = VOLATILE if train else ("date", "git_commit", "git_dirty")
+    assert [_comparable(r, volatile) for r in a] == [_comparable(r, volatile) for r in b]
+    for x, y in zip(a, b):  # diagnostics: the same up to float summation order (1 vs 2 threads) when trained
+        assert x["diagnostics"].keys() == y["diagnostics"].keys()
+        for k, v in x["diagnostics"].items():
+            assert y["diagnostics"][k] == (pytest.approx(v, rel=1e-3, abs=1e-6) if train else v), k
+
+
+def test_eta_accounts_for_parallel_runs():
+    durations = {"train": [100.0], "evaluate": [10.0]}
+    assert ex.estimate_eta(["train"] * 4, durations, parallel=2) == 200.0
+    assert ex.estimate_eta(["train"] * 3, durations, parallel=2) == 200.0
+    # one run 30 s into its 100: its slot frees at 70, the next run there ends at 170; the other slot ends at 100
+    assert ex.estimate_eta(["train", "train"], durations, parallel=2, running=[("train", 30.0)]) == 170.0
+    assert ex.estimate_eta([], durations, parallel=2, running=[("evaluate", 4.0)]) == pytest.approx(6.0)
+    assert ex.estimate_eta(["train"], {"train": []}, parallel=2) is None
+
+
+def test_cpu_shares_and_child_environment():
+    from axial_kd_tf.parallel import CPUS_ENV, child_env, cpu_shares
+
+    assert cpu_shares(2, [0, 1, 2, 3, 4]) == [[0, 1], [2, 3]]
+    assert cpu_shares(1, [3, 5]) == [[3, 5]]
+    with pytest.raises(UserError, match="more than the 2 CPU"):
+        cpu_shares(3, [0, 1])
+    env = child_env([2, 3], {})
+    assert env == {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "2", "OMP_NUM_THREADS": "2",
+                   CPUS_ENV: "2,3"}
+    assert child_env(None, {"A": "1"}) == {"A": "1"}
