@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from axial_kd_tf.errors import UserError
+
 
 def _tmp_sibling(path: Path, is_dir: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,3 +77,14 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_user_text(path: str | os.PathLike, what: str) -> str:
+    """The UTF-8 text of a file the user named; missing or unreadable is a one-line :class:`UserError` naming
+    ``what`` (e.g. ``"variants file 'v.yaml'"``)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{what} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {what}: {type(exc).__name__}: {exc}") from None

@@ -6,6 +6,7 @@ import csv
 import io
 import math
 from pathlib import Path
+from typing import Any
 
 from axial_kd_tf.io_utils import atomic_write_bytes
 
@@ -60,8 +61,15 @@ def plot_history(history_csv: str | Path, out_png: str | Path) -> Path:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    return save_png(fig, out_png, dpi=100)
+
+
+def save_png(fig: Any, out_png: str | Path, dpi: int = 100) -> Path:
+    """Lay out a matplotlib figure, write it as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     return atomic_write_bytes(out_png, buf.getvalue())

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import json
 import math
 import os
@@ -37,7 +36,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from axial_kd_tf.cli import _Parser, _guard
 from axial_kd_tf.errors import UserError
-from axial_kd_tf.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
+from axial_kd_tf.io_utils import atomic_write_json, atomic_write_text, read_user_text
 
 # The paper's architecture order (= axial_kd_tf.models.ZOO, kept here so that reports need no TensorFlow import;
 # tests/test_study.py checks they agree) and the names the tables show.
@@ -636,11 +635,9 @@ def plot_deltas(summary: Mapping, out: str | Path, output: str = "student") -> P
     ax.set_title(f"{summary['study']}: {summary['split']} split, 95 % CI (Student's t)")
     if variants:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    return atomic_write_bytes(out, buf.getvalue())
+    from axial_kd_tf.plots import save_png
+
+    return save_png(fig, out, dpi=120)
 
 
 # ------------------------------------------------------------------------------------------ generated doc blocks
@@ -707,12 +704,7 @@ def update_docs(files: Sequence[str | Path], records: Sequence[Mapping], split: 
     new_texts = []
     for f in files:
         p = Path(f)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise UserError(f"document '{f}' does not exist") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"cannot read document '{f}': {type(exc).__name__}: {exc}") from None
+        text = read_user_text(p, f"document '{f}'")
         if not _BLOCK_RE.search(text):
             raise UserError(f"document '{f}' has no <!-- BEGIN generated:NAME --> block")
         new_texts.append((p, text, regenerate_blocks(text, render, where=f"document '{f}'")))

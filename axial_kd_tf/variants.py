@@ -29,6 +29,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from axial_kd_tf.errors import UserError
+from axial_kd_tf.io_utils import read_user_text
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.=+-]*"
 _NAME_RE = re.compile(NAME_PATTERN + r"\Z")
@@ -173,12 +174,7 @@ def load_variants_file(path: str | Path) -> list[tuple[str, tuple]]:
 
     p = Path(path)
     where = f"variants file '{path}'"
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{where} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {where}: {type(exc).__name__}: {exc}") from None
+    text = read_user_text(p, where)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         raw = yaml_load(text)
