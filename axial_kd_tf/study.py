@@ -574,6 +574,85 @@ BLOCKS: dict[str, Callable[[Mapping], str]] = {
 }
 
 
+# ------------------------------------------------------------------------------------ next to the paper's tables
+PAPER_OUTPUTS = (("without", BASELINE, "student"), ("student", None, "student"), ("teacher", None, "teacher"))
+
+
+def load_paper(path: str | Path, dataset: str) -> list[dict]:
+    """The rows of one of the paper's tables (``docs/results/paper.json``: ``tables.<dataset>``)."""
+    where = f"paper results file '{path}'"
+    try:
+        rows = json.loads(read_user_text(path, where))["tables"][dataset]
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{where} has no table '{dataset}' (expected {{\"tables\": {{\"{dataset}\": [...]}}}})") \
+            from None
+    return rows
+
+
+def _paper_lookup(paper: Sequence[Mapping]) -> dict:
+    return {(r["arch"], r["output"]): r for r in paper}
+
+
+def _ours(summary: Mapping, arch: str, variant: str, output: str) -> Optional[Mapping]:
+    return next((g for g in summary["groups"] if (g["arch"], g["variant"], g["output"]) == (arch, variant, output)),
+                None)
+
+
+def md_paper(summary: Mapping, paper: Sequence[Mapping], method: str) -> str:
+    """mIoU (%) per architecture, the paper's single runs next to ours (mean ± std over n runs), with each side's Δ
+    against its own "without" (ours: paired, with the 95 % CI)."""
+    pl = _paper_lookup(paper)
+    deltas = {(d["arch"], d["output"]): d for d in summary["deltas"] if d["variant"] == method}
+    archs = _arch_order(list(summary["archs"]) + [r["arch"] for r in paper])
+    rows = []
+    for arch in archs:
+        pw = pl.get((arch, "without"))
+        cells = [_arch_name(arch)]
+        for label, _, _ in PAPER_OUTPUTS:
+            pr = pl.get((arch, label))
+            text = _pct(pr["miou"]) if pr else "—"
+            if pr and pw and label != "without":
+                text += f" ({_pct(pr['miou'] - pw['miou'], True)})"
+            cells.append(text)
+        ns = []
+        for label, variant, output in PAPER_OUTPUTS:
+            g = _ours(summary, arch, variant or method, output)
+            ns.append(g["n"] if g else 0)
+            text = _mean_std_cell(g["miou"]) if g else "—"
+            d = deltas.get((arch, output)) if label != "without" else None
+            cells.append(text + (f" ({delta_cell(d)})" if d else ""))
+        cells.append("/".join(str(n) for n in ns))
+        rows.append(cells)
+    return _table(["Model", "paper: without", "paper: student (Δ)", "paper: teacher (Δ)", "ours: without",
+                   f"ours [{method}]: student (Δ [95 % CI])", f"ours [{method}]: teacher (Δ [95 % CI])",
+                   "n (ours)"], rows, left=1)
+
+
+def md_paper_classes(summary: Mapping, paper: Sequence[Mapping], method: str) -> str:
+    """Per-class IoU (%): for each architecture the paper's rows and ours (mean ± std), without / student / teacher."""
+    pl = _paper_lookup(paper)
+    classes = list(summary["class_names"]) or list(next(iter(paper), {}).get("per_class_iou", {}))
+    archs = _arch_order(list(summary["archs"]) + [r["arch"] for r in paper])
+    rows = []
+    for arch in archs:
+        for label, variant, output in PAPER_OUTPUTS:
+            pr = pl.get((arch, label))
+            if pr:
+                rows.append([_arch_name(arch), f"paper: {label}", "1"]
+                            + [_pct(pr["per_class_iou"].get(c)) for c in classes] + [_pct(pr["miou"])])
+            g = _ours(summary, arch, variant or method, output)
+            if g:
+                rows.append([_arch_name(arch), f"ours: {label}", str(g["n"])]
+                            + [_mean_std_cell(g["per_class_iou"].get(c, {"mean": None})) for c in classes]
+                            + [_mean_std_cell(g["miou"])])
+    return _table(["Model", "output", "n"] + classes + ["mIoU"], rows, left=2)
+
+
+PAPER_BLOCKS: dict[str, Callable[[Mapping, Sequence[Mapping], str], str]] = {
+    "paper": md_paper, "paper-classes": md_paper_classes,
+}
+
+
 def md_report(summary: Mapping) -> str:
     """All tables with headings and notes: the ``--md`` report."""
     s = summary
@@ -662,7 +741,8 @@ def regenerate_blocks(text: str, render: Callable[[str], str], where: str = "the
                 content = render(name)
             except KeyError:
                 raise UserError(f"{where} line {line}: unknown generated block '{name}' (known: "
-                                f"{', '.join(BLOCKS)}; optionally NAME@val or NAME@test)") from None
+                                f"{', '.join(list(BLOCKS) + list(PAPER_BLOCKS))}; optionally NAME@val or "
+                                "NAME@test)") from None
             out.append(text[pos:m.end()])
             out.append("\n" + content.strip("\n") + "\n")
             open_name, pos = name, None
@@ -678,10 +758,13 @@ def regenerate_blocks(text: str, render: Callable[[str], str], where: str = "the
 
 
 def update_docs(files: Sequence[str | Path], records: Sequence[Mapping], split: str, study: Optional[str],
-                where: str = "the records") -> list[Path]:
+                where: str = "the records", paper: Optional[Sequence[Mapping]] = None,
+                method: Optional[str] = None) -> list[Path]:
     """Regenerate the marked blocks of each Markdown file from the records; files change only when their text does.
 
-    Every file is rendered before any is written, so one bad block leaves every file as it was.
+    The ``paper`` and ``paper-classes`` blocks put the paper's rows (``paper``, from :func:`load_paper`) next to ours,
+    with the variant ``method`` as "with". Every file is rendered before any is written, so one bad block leaves
+    every file as it was.
     """
     cache: dict[str, Mapping] = {}
 
@@ -694,12 +777,15 @@ def update_docs(files: Sequence[str | Path], records: Sequence[Mapping], split: 
     def render(block: str) -> str:
         name, _, sp = block.partition("@")
         sp = sp or split
-        if name not in BLOCKS or sp not in SPLITS:
+        if (name not in BLOCKS and name not in PAPER_BLOCKS) or sp not in SPLITS:
             raise KeyError(block)
+        if name in PAPER_BLOCKS and (paper is None or method is None):
+            raise UserError(f"generated block '{block}' needs the paper's table and the method's variant: pass "
+                            "--paper docs/results/paper.json and --method VARIANT")
         s = summary_for(sp)
         if not s["records"]:
             return f"_No {sp} records of study {s['study'] or study or '?'} yet._"
-        return BLOCKS[name](s)
+        return PAPER_BLOCKS[name](s, paper, method) if name in PAPER_BLOCKS else BLOCKS[name](s)
 
     new_texts = []
     for f in files:
@@ -731,8 +817,11 @@ def build_parser() -> _Parser:
     rep.add_argument("--plot", help="write the Δ mIoU plot (PNG) here")
     rep.add_argument("--json", help="write the JSON summary here")
     doc.add_argument("--file", dest="files", action="append", required=True,
-                     help="Markdown file with generated blocks (repeatable); blocks: " + ", ".join(BLOCKS)
-                     + " (NAME@SPLIT picks a split)")
+                     help="Markdown file with generated blocks (repeatable); blocks: "
+                     + ", ".join(list(BLOCKS) + list(PAPER_BLOCKS)) + " (NAME@SPLIT picks a split)")
+    doc.add_argument("--paper", help="the paper's tables (docs/results/paper.json), for the paper blocks")
+    doc.add_argument("--dataset", default="sstem", help="which of the paper's tables (default: sstem)")
+    doc.add_argument("--method", help="the variant shown as the method ('with') in the paper blocks")
     return p
 
 
@@ -741,7 +830,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     records = load_records(args.results)
     where = f"records file '{args.results}'"
     if args.command == "docs":
-        changed = update_docs(args.files, records, args.split, args.study, where)
+        paper = load_paper(args.paper, args.dataset) if args.paper else None
+        changed = update_docs(args.files, records, args.split, args.study, where, paper=paper, method=args.method)
         for f in args.files:
             print(f"[docs] {f}: {'updated' if Path(f) in changed else 'unchanged'}")
         return 0

@@ -336,6 +336,47 @@ def test_docs_cli_regenerates_blocks_of_every_file(tmp_path):
     assert other.read_text() == "<!-- BEGIN generated:delta -->\n<!-- END generated:delta -->\n"
 
 
+PAPER = [
+    {"arch": "unet", "output": "without", "per_class_iou": {"a": 0.70, "b": 0.90}, "miou": 0.80},
+    {"arch": "unet", "output": "student", "per_class_iou": {"a": 0.72, "b": 0.90}, "miou": 0.81},
+    {"arch": "unet", "output": "teacher", "per_class_iou": {"a": 0.74, "b": 0.90}, "miou": 0.82},
+    {"arch": "fpn", "output": "without", "per_class_iou": {"a": 0.60, "b": 0.80}, "miou": 0.70},
+]
+
+
+def test_paper_blocks_put_the_papers_rows_next_to_ours(tmp_path):
+    recs = [rec("unet", "baseline", 0, s, 0.60 + 0.01 * s) for s in (1, 2, 3)]
+    recs += [rec("unet", "kl", 0, s, 0.62 + 0.01 * s, teacher=0.63 + 0.01 * s) for s in (1, 2, 3)]
+    summary = study.summarize(recs, "val")
+    table = study.md_paper(summary, PAPER, "kl")
+    lines = table.splitlines()
+    assert len(lines) == 2 + 2  # header, rule, U-Net, FPN (the paper's row even without runs of ours)
+    unet = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert unet[0] == "U-Net" and unet[1] == "80.00" and unet[2] == "81.00 (+1.00)" and unet[3] == "82.00 (+2.00)"
+    # ours: without = mean of class a 0.61..0.63 and b 0.5 → mIoU 56.0 ± 0.5; student Δ +1 pp with no spread
+    assert unet[4] == "56.00 ± 0.50"
+    assert unet[5].startswith("57.00 ± 0.50 (+1.00 [+1.00, +1.00])") and unet[6].startswith("57.50 ± 0.50 (+1.50")
+    assert unet[7] == "3/3/3"
+    fpn = [c.strip() for c in lines[3].strip("|").split("|")]
+    assert fpn[1] == "70.00" and fpn[2] == "—" and fpn[4] == "—" and fpn[7] == "0/0/0"
+    classes = study.md_paper_classes(summary, PAPER, "kl")
+    assert "| U-Net | paper: student | 1 | 72.00 | 90.00 | 81.00 |" in classes
+    assert "| U-Net | ours: teacher | 3 | 65.00 ± 1.00 | 50.00 ± 0.00 | 57.50 ± 0.50 |" in classes
+    # through the docs CLI: the paper blocks need --paper and --method
+    results, paper, doc = tmp_path / "r.json", tmp_path / "paper.json", tmp_path / "results.md"
+    results.write_text(json.dumps(recs))
+    paper.write_text(json.dumps({"tables": {"sstem": PAPER}}))
+    doc.write_text("<!-- BEGIN generated:paper -->\n<!-- END generated:paper -->\n")
+    rc, _, err = run_cli("docs", "--results", results, "--file", doc)
+    assert rc == 2 and "--paper" in err and err.count("\n") == 1
+    rc, _, err = run_cli("docs", "--results", results, "--file", doc, "--paper", paper, "--method", "kl")
+    assert rc == 0, err
+    assert table in doc.read_text()
+    rc, _, err = run_cli("docs", "--results", results, "--file", doc, "--paper", paper, "--method", "kl",
+                         "--dataset", "covid")
+    assert rc == 2 and "no table 'covid'" in err
+
+
 def test_report_cli(tmp_path):
     results = tmp_path / "r.json"
     results.write_text(json.dumps(_records()))
