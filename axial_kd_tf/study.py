@@ -719,6 +719,52 @@ def plot_deltas(summary: Mapping, out: str | Path, output: str = "student") -> P
     return save_png(fig, out, dpi=120)
 
 
+# --------------------------------------------------------------------------------------- learning curves
+def run_curve(label: str, run_dir: str | Path) -> dict:
+    """One run's validation mIoU per epoch (from ``history.csv``) with its schedule, for :func:`plot_curves`."""
+    run_dir = Path(run_dir)
+    cfg = _read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
+    if not cfg:
+        raise UserError(f"'{run_dir}' is not a run directory (no readable config.yaml)")
+    hist = history_diagnostics(run_dir / "history.csv")
+    if not hist.get("val_student_miou"):
+        raise UserError(f"run '{run_dir}' has no validation mIoU in history.csv; train it first")
+    train, model = cfg.get("train", {}), cfg.get("model", {})
+    steps = train.get("steps_per_epoch")
+    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    curve = hist["val_student_miou"]
+    return {"label": label, "arch": model.get("arch"), "encoder": model.get("encoder"),
+            "distill": bool(cfg.get("distill", {}).get("enabled")), "seed": train.get("seed"),
+            "epochs": train.get("epochs"), "steps_per_epoch": steps,
+            "iterations": (train.get("epochs") or 0) * (steps or 0) or None, "lr_schedule": train.get("lr_schedule"),
+            "val_student_miou": curve, "best": max(v for v in curve if v is not None), "final": curve[-1],
+            "train_wall_time_s": metrics.get("train_wall_time_s")}
+
+
+def plot_curves(curves: Sequence[Mapping], out: str | Path, title: str = "") -> Path:
+    """Validation mIoU against training iterations, one line per run (:func:`run_curve`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from axial_kd_tf.plots import save_png
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for c in curves:
+        steps = c.get("steps_per_epoch") or 1
+        xs = [(i + 1) * steps for i in range(len(c["val_student_miou"]))]
+        ys = [None if v is None else 100 * v for v in c["val_student_miou"]]
+        ax.plot(xs, ys, marker="o", ms=3, label=f"{c['label']}: final {100 * c['final']:.1f}, best "
+                                                 f"{100 * c['best']:.1f}")
+    ax.set_xlabel("training iterations")
+    ax.set_ylabel("validation mIoU (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_png(fig, out, dpi=110)
+
+
 # ------------------------------------------------------------------------------------------ generated doc blocks
 _BLOCK_RE = re.compile(r"<!-- (BEGIN|END) generated:([^\s>]*) -->")
 _BLOCK_NAME_RE = re.compile(r"[A-Za-z0-9_-]+(@[A-Za-z]+)?\Z")
@@ -813,6 +859,12 @@ def build_parser() -> _Parser:
         q.add_argument("--results", required=True, help="records file (JSON list) written by --record")
         q.add_argument("--split", default="val", choices=SPLITS, help="which split's records (default: val)")
         q.add_argument("--study", default=None, help="study name (needed when the file holds several)")
+    cur = sub.add_parser("curves", help="validation curves of runs of different schedules: JSON and PNG")
+    cur.add_argument("--run", action="append", default=[], metavar="LABEL=RUN_DIR",
+                     help="a run directory and its label (repeatable); without --run, --json is read and re-plotted")
+    cur.add_argument("--json", required=True, help="the curves as JSON (written with --run, read without)")
+    cur.add_argument("--plot", help="write the plot (PNG) here")
+    cur.add_argument("--title", default="", help="plot title")
     rep.add_argument("--md", help="write the Markdown report here")
     rep.add_argument("--plot", help="write the Δ mIoU plot (PNG) here")
     rep.add_argument("--json", help="write the JSON summary here")
@@ -827,6 +879,8 @@ def build_parser() -> _Parser:
 
 def _main(argv: Optional[Sequence[str]]) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.command == "curves":
+        return _curves(args)
     records = load_records(args.results)
     where = f"records file '{args.results}'"
     if args.command == "docs":
@@ -851,6 +905,28 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         plot_deltas(summary, args.plot)
     if args.json:
         atomic_write_json(args.json, dict(summary, generated=time.strftime("%Y-%m-%d %H:%M:%S")))
+    return 0
+
+
+def _curves(args: Any) -> int:
+    if args.run:
+        curves = []
+        for item in args.run:
+            label, sep, run_dir = item.partition("=")
+            if not sep or not label or not run_dir:
+                raise UserError(f"--run '{item}' must look like LABEL=RUN_DIR")
+            curves.append(run_curve(label, run_dir))
+        atomic_write_json(args.json, {"curves": curves})
+    else:
+        try:
+            curves = json.loads(read_user_text(args.json, f"curves file '{args.json}'"))["curves"]
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"curves file '{args.json}' is not a curves file (a JSON object with 'curves')") from None
+    for c in curves:
+        print(f"{c['label']}: {c.get('iterations')} iterations, val mIoU final {100 * c['final']:.2f}, best "
+              f"{100 * c['best']:.2f}")
+    if args.plot:
+        plot_curves(curves, args.plot, args.title)
     return 0
 
 

@@ -265,6 +265,24 @@ def test_build_record_from_a_run_directory(tmp_path):
     assert set(study.RECORD_KEY) <= set(r)
 
 
+def test_curves_cli_writes_and_replots(tmp_path):
+    run = _fake_run(tmp_path / "out" / "s")
+    out_json, png = tmp_path / "curves.json", tmp_path / "c.png"
+    rc, out, err = run_cli("curves", "--run", f"three epochs={run}", "--json", out_json, "--plot", png)
+    assert rc == 0, err
+    (curve,) = json.loads(out_json.read_text())["curves"]
+    assert curve["label"] == "three epochs" and curve["iterations"] == 150 and curve["arch"] == "unet"
+    assert curve["val_student_miou"] == [0.4123, 0.51, 0.52]  # the resumed epoch counts once
+    assert curve["best"] == curve["final"] == 0.52 and "150 iterations, val mIoU final 52.00" in out
+    assert cv2.imread(str(png)) is not None
+    png.unlink()
+    rc, _, err = run_cli("curves", "--json", out_json, "--plot", png)  # re-plot from the JSON alone
+    assert rc == 0 and png.is_file()
+    for args, message in ((["--run", "no-equals-sign"], "LABEL=RUN_DIR"), (["--run", f"x={tmp_path}"], "no readable")):
+        rc, _, err = run_cli("curves", *args, "--json", tmp_path / "other.json")
+        assert rc == 2 and message in err and err.count("\n") == 1
+
+
 def test_scrub():
     assert study.scrub_overrides(["data.root=/x/y", "a.b=~/z", "c.d=rel/path", "e.f=3"]) == [
         "a.b=<local path>", "c.d=rel/path", "e.f=3"]
