@@ -241,7 +241,7 @@ class ClassWatch(keras.callbacks.Callback):
     """Warns, as it happens, when a class collapses in an output's validation IoU.
 
     A class *collapses* when its IoU falls below ``floor`` (1 %) after having reached ``learned`` (10 %), or falls
-    below half of its best with a drop of at least ``learned``. The warnings are kept in ``warnings`` (and written to
+    below half of its best with a drop of at least ``learned``; it is reported once per fall. The warnings are kept in ``warnings`` (and written to
     ``metrics.json``) so a collapsing class is seen during the run, not after it.
     """
 
@@ -250,6 +250,7 @@ class ClassWatch(keras.callbacks.Callback):
         super().__init__()
         self.class_names, self.progress, self.floor, self.learned = class_names, progress, floor, learned
         self.best: dict[str, float] = {}
+        self.down: set[str] = set()  # classes fallen and not recovered yet
         self.warnings: list[str] = []
 
     def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
@@ -262,11 +263,14 @@ class ClassWatch(keras.callbacks.Callback):
                 value, best = float(value), self.best.get(key, 0.0)
                 collapsed = best >= self.learned and (value < self.floor or (value < best / 2
                                                                               and best - value >= self.learned))
-                if collapsed:
+                if collapsed and key not in self.down:  # once per fall, not every epoch it stays down
                     line = (f"warning: epoch {epoch + 1}: {output} IoU of class '{name}' fell to {value * 100:.1f} "
                             f"(best {best * 100:.1f})")
                     self.warnings.append(line)
                     self.progress(line)
+                    self.down.add(key)
+                elif not collapsed:
+                    self.down.discard(key)
                 self.best[key] = max(best, value)
 
 
