@@ -91,7 +91,7 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--out", help="output folder (default: <run>/eval, or eval-<model name> beside the model; "
                         "with --full-image eval-full-image / eval-full-image-<model name>)")
-    parser.add_argument("--overlays", type=int, default=4, help="number of overlay PNGs to write")
+    parser.add_argument("--overlays", type=int, default=4, help="number of overlay PNGs to write (0 = none)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--full-image", action="store_true",
                         help="evaluate whole images (sets data.tile_size null): whole-image inference padded to the "
@@ -181,6 +181,8 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _check_inference_args(args: argparse.Namespace) -> None:
+    if args.overlays < 0:
+        raise UserError(f"--overlays must be >= 0 (the number of overlay PNGs to write), got {args.overlays}")
     if args.window is not None and args.window < 1:
         raise UserError(f"--window must be >= 1, got {args.window}")
     if args.overlap is not None and not 0.0 <= args.overlap < 1.0:

@@ -91,6 +91,11 @@ def make_trainer(cfg: Config, model: keras.Model, class_names: tuple[str, ...], 
             f"config key 'distill.class_weights' has {len(d.class_weights)} entries; the dataset has "
             f"{len(class_names)} classes ({', '.join(class_names)})"
         )
+    if d.ignore_index is not None and d.ignore_index >= len(class_names):  # the loaders give labels 0..K-1 only
+        raise UserError(
+            f"config key 'distill.ignore_index' is {d.ignore_index} but the dataset's labels are "
+            f"0..{len(class_names) - 1} ({', '.join(class_names)}), so it would ignore nothing; use one of them or null"
+        )
     return DistillationTrainer(
         model, num_classes=len(class_names), class_names=class_names, student_weight=d.student_weight,
         teacher_weight=d.teacher_weight, distill_weight=d.distill_weight, target=d.target,
