@@ -184,6 +184,8 @@ class LoggingConfig:
     image_every: int = 1
     num_images: int = 3
     verbose: int = 1
+    # verbose 1: within an epoch, a progress bar on a terminal, else one line every this many seconds (0 = none).
+    progress_seconds: float = 60.0
 
 
 @dataclass
@@ -350,6 +352,7 @@ def _validate_ranges(cfg: Config) -> None:
     _check(e.calibration_samples >= 1, "export.calibration_samples", "must be >= 1")
     _check(lg.image_every >= 1, "logging.image_every", "must be >= 1")
     _check(lg.num_images >= 0, "logging.num_images", "must be >= 0")
+    _check(lg.progress_seconds >= 0, "logging.progress_seconds", "must be >= 0 (0 = no lines within an epoch)")
 
 
 def resolve_config_path(path: str | Path) -> Path:

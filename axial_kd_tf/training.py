@@ -359,7 +359,11 @@ def train(
         )
         watch = ClassWatch(data.class_names, progress)
         callbacks = _callbacks(cfg, run_dir, data, resuming) + [watch] + list(extra_callbacks)
-        if cfg.logging.verbose == 1:
+        if cfg.logging.verbose == 1:  # within an epoch (a bar on a terminal, timed lines otherwise), then per epoch
+            from axial_kd_tf.progress import StepProgress
+
+            val_steps = math.ceil(len(data.split("val")[0]) / cfg.train.batch_size)
+            callbacks.append(StepProgress.for_console(spe, progress, cfg.logging.progress_seconds, val_steps))
             callbacks.append(EpochProgress(progress))
         train_ds = data.train_dataset(cfg.train.batch_size, cfg.data.seed, cfg.data.crop_size, cfg.data.augment)
         val_ds = data.eval_dataset("val", cfg.train.batch_size)
