@@ -7,15 +7,13 @@ without a traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the console
-
-from axial_kd_tf.errors import UserError  # noqa: E402
+from axial_kd_tf import quiet  # before TensorFlow loads: its C++ log level (start-up chatter hidden, --verbose)
+from axial_kd_tf.errors import UserError
 
 
 _Main = Callable[[Optional[Sequence[str]]], int]
@@ -42,6 +40,9 @@ def _guard(main: Optional[_Main] = None, *,
     return wrapped
 
 
+_VERBOSE_HELP = "show TensorFlow's start-up and C++ log messages (hidden by default)"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse exits with 2 too; keep it to one line
         print(f"{self.prog}: error: {message}", file=sys.stderr)
@@ -58,6 +59,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--run-dir", help="output folder (default: runs/<name>-<timestamp>)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --run-dir")
+    parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
     args = parser.parse_args(argv)
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite are mutually exclusive")
@@ -68,6 +70,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(args.run_dir or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    quiet.import_tensorflow(args.verbose)
 
     from axial_kd_tf.training import train
 
@@ -108,8 +111,10 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--max-student-mb", type=float, metavar="MB",
                         help="memory budget of one network call (activation-sum estimate); above it the image runs "
                         "in a sliding window (default: no limit)")
+    parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
     args = parser.parse_args(argv)
     _check_inference_args(args)
+    quiet.import_tensorflow(args.verbose)
 
     from axial_kd_tf.config import load_config
     from axial_kd_tf.data import load_data
@@ -234,7 +239,9 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
                         help="TFLite variants (default: the run's export.variants)")
     parser.add_argument("--teacher", action="store_true", help="also export the teacher")
     parser.add_argument("--input-size", type=int, help="fixed export input size (default: training crop)")
+    parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
     args = parser.parse_args(argv)
+    quiet.import_tensorflow(args.verbose)
 
     from axial_kd_tf.config import config_from_dict
     from axial_kd_tf.training import export_run, load_run_config
