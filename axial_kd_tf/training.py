@@ -516,7 +516,25 @@ def export_run(
         )
         report["networks"][name]["params"] = int(net.count_params())
     atomic_write_json(out_dir / "export_report.json", report)
+    _remove_stale_exports(out_dir, report, progress)
     return report
+
+
+def _remove_stale_exports(out_dir: Path, report: dict, progress: Progress = print) -> None:
+    """Delete the ``*.tflite`` files and ``*_saved_model/`` folders of ``export/`` that ``report`` does not list:
+    left by an earlier export with other variants (or the teacher), they would be taken for this model's."""
+    current = {Path(v["path"]).name for net in report["networks"].values() for v in net["variants"].values()}
+    current |= {Path(net["saved_model"]).name for net in report["networks"].values() if net.get("saved_model")}
+    stale = [p for p in sorted(out_dir.glob("*.tflite")) + sorted(out_dir.glob("*_saved_model"))
+             if p.name not in current and not p.name.startswith(".")]
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if stale:
+        progress(f"[export] removed {len(stale)} file(s) of an earlier export that this one replaces: "
+                 f"{', '.join(p.name for p in stale)}")
 
 
 def load_run_config(run_dir: Path) -> Config:
