@@ -329,6 +329,14 @@ class InterruptAfterEpoch(keras.callbacks.Callback):
             raise KeyboardInterrupt(f"simulated interruption after epoch {self.n}")
 
 
+class HistoryCSV(keras.callbacks.CSVLogger):
+    """``history.csv`` with epochs numbered from 1, as the console, ``best.json`` and ``metrics.json`` number them
+    (Keras' CSVLogger writes the 0-based index)."""
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        super().on_epoch_end(epoch + 1, logs)
+
+
 # ----------------------------------------------------------------------------------------------------- train
 def train(
     cfg: Config,
@@ -421,7 +429,7 @@ def _callbacks(cfg: Config, run_dir: Path, data: DataBundle, resuming: bool) -> 
         best,
         BestStateCallback(best_json, best),
         keras.callbacks.ModelCheckpoint(str(ckpt_dir / "last.weights.h5"), save_weights_only=True),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resuming),
+        HistoryCSV(str(run_dir / "history.csv"), append=resuming),
     ]
     if cfg.logging.tensorboard:
         tb_dir = run_dir / "tensorboard"
