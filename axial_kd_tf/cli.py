@@ -101,10 +101,9 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
                         "network's size multiple, the teacher tiled when over --max-teacher-mb")
     parser.add_argument("--window", type=int, metavar="N", help="force a sliding window of N x N pixels")
     parser.add_argument("--overlap", type=float, metavar="F",
-                        help="sliding-window / teacher-tile overlap in [0, 1) (default 0.5; 0 for fixed-size models)")
+                        help="sliding-window / teacher-tile overlap in [0, 1) (default 0.5, fixed-size models too)")
     parser.add_argument("--blend", choices=("gaussian", "mean"),
-                        help="how overlapping windows are blended (default gaussian; mean for fixed-size models "
-                        "without overlap)")
+                        help="how overlapping windows are blended (default gaussian; mean with --overlap 0)")
     parser.add_argument("--max-teacher-mb", type=float, default=2048.0, metavar="MB",
                         help="memory budget of one teacher-head call (estimate); above it the teacher runs on tiles "
                         "of the student logits (default 2048)")
@@ -208,7 +207,8 @@ def _inference_predictor(predictor, fixed: Optional[int], args: argparse.Namespa
     if fixed:  # TFLite or a fixed-input SavedModel: a sliding window at the model's input size
         if args.window and args.window != fixed:
             raise UserError(f"the model has a fixed {fixed}x{fixed} input; --window must be {fixed} or omitted")
-        overlap = args.overlap if args.overlap is not None else 0.0
+        # Overlapping windows by default: non-overlapping tiles leave seams at the tile borders.
+        overlap = args.overlap if args.overlap is not None else 0.5
         blend = args.blend or ("gaussian" if overlap > 0 else "mean")
         return TimedPredictor(sliding_window(predictor, fixed, overlap, blend, batch_size=max(args.batch_size, 1)))
     overlap = args.overlap if args.overlap is not None else 0.5
