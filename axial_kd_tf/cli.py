@@ -178,7 +178,8 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
                       f"{format_iou_table(rows, data.class_names)}\n")
     preds = cms.get("_predictions", {})
     for i in range(min(args.overlays, len(images))):
-        panel = overlay_panel(images[i], masks[i], {k: v[i] for k, v in preds.items()}, data.class_names)
+        panel = overlay_panel(images[i], masks[i], {k: v[i] for k, v in preds.items()}, data.class_names,
+                              legend=True)
         write_png(out_dir / "overlays" / f"{args.split}_{i:03d}.png", panel)
     print(f"[eval] wrote {out_dir}/metrics.json, table.md and {min(args.overlays, len(images))} overlays")
     return 0
