@@ -359,7 +359,11 @@ def train(
         model = build_model_from_config(cfg, data.num_classes, data.in_channels)
         spe = steps_per_epoch(cfg, len(data.train_images))
         trainer = make_trainer(cfg, model, data.class_names, spe * cfg.train.epochs)
-        trainer.compile(optimizer=make_optimizer(cfg, spe * cfg.train.epochs), jit_compile=cfg.train.jit_compile)
+        from axial_kd_tf.xla import resolve_jit_compile
+
+        size = cfg.data.crop_size or min(data.train_images.shape[1:3])
+        jit = resolve_jit_compile(cfg.train.jit_compile, model, (size, size, data.in_channels), progress)
+        trainer.compile(optimizer=make_optimizer(cfg, spe * cfg.train.epochs), jit_compile=jit)
         n_student = student_network(model).count_params()
         progress(
             f"[model] {cfg.model.arch}: {n_student:,} student params, {model.count_params() - n_student:,} teacher params"
