@@ -7,15 +7,13 @@ without a traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the console
-
-from axial_kd_tf.errors import UserError  # noqa: E402
+from axial_kd_tf import quiet  # before TensorFlow loads: its C++ log level (start-up chatter hidden, --verbose)
+from axial_kd_tf.errors import UserError
 
 
 _Main = Callable[[Optional[Sequence[str]]], int]
@@ -42,6 +40,9 @@ def _guard(main: Optional[_Main] = None, *,
     return wrapped
 
 
+_VERBOSE_HELP = "show TensorFlow's start-up and C++ log messages (hidden by default)"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse exits with 2 too; keep it to one line
         print(f"{self.prog}: error: {message}", file=sys.stderr)
@@ -58,6 +59,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--run-dir", help="output folder (default: runs/<name>-<timestamp>)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --run-dir")
+    parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
     args = parser.parse_args(argv)
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite are mutually exclusive")
@@ -68,6 +70,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(args.run_dir or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    quiet.import_tensorflow(args.verbose)
 
     from axial_kd_tf.training import train
 
@@ -91,25 +94,26 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--out", help="output folder (default: <run>/eval, or eval-<model name> beside the model; "
                         "with --full-image eval-full-image / eval-full-image-<model name>)")
-    parser.add_argument("--overlays", type=int, default=4, help="number of overlay PNGs to write")
+    parser.add_argument("--overlays", type=int, default=4, help="number of overlay PNGs to write (0 = none)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--full-image", action="store_true",
                         help="evaluate whole images (sets data.tile_size null): whole-image inference padded to the "
                         "network's size multiple, the teacher tiled when over --max-teacher-mb")
     parser.add_argument("--window", type=int, metavar="N", help="force a sliding window of N x N pixels")
     parser.add_argument("--overlap", type=float, metavar="F",
-                        help="sliding-window / teacher-tile overlap in [0, 1) (default 0.5; 0 for fixed-size models)")
+                        help="sliding-window / teacher-tile overlap in [0, 1) (default 0.5, fixed-size models too)")
     parser.add_argument("--blend", choices=("gaussian", "mean"),
-                        help="how overlapping windows are blended (default gaussian; mean for fixed-size models "
-                        "without overlap)")
+                        help="how overlapping windows are blended (default gaussian; mean with --overlap 0)")
     parser.add_argument("--max-teacher-mb", type=float, default=2048.0, metavar="MB",
                         help="memory budget of one teacher-head call (estimate); above it the teacher runs on tiles "
                         "of the student logits (default 2048)")
     parser.add_argument("--max-student-mb", type=float, metavar="MB",
                         help="memory budget of one network call (activation-sum estimate); above it the image runs "
                         "in a sliding window (default: no limit)")
+    parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
     args = parser.parse_args(argv)
     _check_inference_args(args)
+    quiet.import_tensorflow(args.verbose)
 
     from axial_kd_tf.config import load_config
     from axial_kd_tf.data import load_data
@@ -174,13 +178,16 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
                       f"{format_iou_table(rows, data.class_names)}\n")
     preds = cms.get("_predictions", {})
     for i in range(min(args.overlays, len(images))):
-        panel = overlay_panel(images[i], masks[i], {k: v[i] for k, v in preds.items()}, data.class_names)
+        panel = overlay_panel(images[i], masks[i], {k: v[i] for k, v in preds.items()}, data.class_names,
+                              legend=True)
         write_png(out_dir / "overlays" / f"{args.split}_{i:03d}.png", panel)
     print(f"[eval] wrote {out_dir}/metrics.json, table.md and {min(args.overlays, len(images))} overlays")
     return 0
 
 
 def _check_inference_args(args: argparse.Namespace) -> None:
+    if args.overlays < 0:
+        raise UserError(f"--overlays must be >= 0 (the number of overlay PNGs to write), got {args.overlays}")
     if args.window is not None and args.window < 1:
         raise UserError(f"--window must be >= 1, got {args.window}")
     if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
@@ -201,7 +208,8 @@ def _inference_predictor(predictor, fixed: Optional[int], args: argparse.Namespa
     if fixed:  # TFLite or a fixed-input SavedModel: a sliding window at the model's input size
         if args.window and args.window != fixed:
             raise UserError(f"the model has a fixed {fixed}x{fixed} input; --window must be {fixed} or omitted")
-        overlap = args.overlap if args.overlap is not None else 0.0
+        # Overlapping windows by default: non-overlapping tiles leave seams at the tile borders.
+        overlap = args.overlap if args.overlap is not None else 0.5
         blend = args.blend or ("gaussian" if overlap > 0 else "mean")
         return TimedPredictor(sliding_window(predictor, fixed, overlap, blend, batch_size=max(args.batch_size, 1)))
     overlap = args.overlap if args.overlap is not None else 0.5
@@ -232,7 +240,9 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
                         help="TFLite variants (default: the run's export.variants)")
     parser.add_argument("--teacher", action="store_true", help="also export the teacher")
     parser.add_argument("--input-size", type=int, help="fixed export input size (default: training crop)")
+    parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
     args = parser.parse_args(argv)
+    quiet.import_tensorflow(args.verbose)
 
     from axial_kd_tf.config import config_from_dict
     from axial_kd_tf.training import export_run, load_run_config

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,7 +25,27 @@ from axial_kd_tf.errors import UserError
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads YAML 1.2 floats without a dot (``1e-3``, ``5E4``), which YAML 1.1 reads as strings."""
+    """SafeLoader that also reads YAML 1.2 floats without a dot (``1e-3``, ``5E4``), which YAML 1.1 reads as strings,
+    and rejects a key given twice in one mapping (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *anchor`` may repeat keys on purpose
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: the base class words that error
+                    continue
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None, None,
+                        f"key '{key}' appears twice (first on line {first.start_mark.line + 1}); keep one",
+                        key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -163,6 +184,8 @@ class LoggingConfig:
     image_every: int = 1
     num_images: int = 3
     verbose: int = 1
+    # verbose 1: within an epoch, a progress bar on a terminal, else one line every this many seconds (0 = none).
+    progress_seconds: float = 60.0
 
 
 @dataclass
@@ -281,6 +304,9 @@ def _validate_ranges(cfg: Config) -> None:
         _check(getattr(d, key) >= 0, f"distill.{key}", "must be >= 0")
     _check(d.temperature > 0, "distill.temperature", "must be > 0")
     _check(0.0 <= d.warmup <= 1.0, "distill.warmup", "must be a fraction of training in [0, 1]")
+    # Masks are uint8 class ids: any other value could never match a pixel, so nothing would be ignored.
+    _check(d.ignore_index is None or 0 <= d.ignore_index <= 255, "distill.ignore_index",
+           "must be a mask label in 0..255 (masks are 8-bit class ids) or null")
     _check(d.class_weights is None or all(isinstance(w, (int, float)) and w >= 0 for w in d.class_weights),
            "distill.class_weights", "must be a list of non-negative numbers, one per class")
     for key in ("image_size",):
@@ -306,6 +332,11 @@ def _validate_ranges(cfg: Config) -> None:
                "must map mask values to class ids, e.g. {0: 0, 255: 1} (dataset: folders)")
         _check(ds.class_names is None or (len(ds.class_names) > 0 and all(isinstance(c, str) for c in ds.class_names)),
                "data.class_names", "must be a list of class names or null")
+    if ds.dataset in ("synthetic", "sstem"):  # fixed class maps: the keys would be silently ignored
+        for key in ("value_map", "class_names"):
+            _check(getattr(ds, key) is None, f"data.{key}",
+                   f"is not used by data.dataset '{ds.dataset}' (its classes are fixed); remove it, or use "
+                   "dataset folders or covid")
     for key in ("train_samples", "val_samples", "test_samples"):
         _check(getattr(ds, key) >= 1, f"data.{key}", "must be >= 1")
     _check(tr.epochs >= 1, "train.epochs", "must be >= 1")
@@ -321,6 +352,7 @@ def _validate_ranges(cfg: Config) -> None:
     _check(e.calibration_samples >= 1, "export.calibration_samples", "must be >= 1")
     _check(lg.image_every >= 1, "logging.image_every", "must be >= 1")
     _check(lg.num_images >= 0, "logging.num_images", "must be >= 0")
+    _check(lg.progress_seconds >= 0, "logging.progress_seconds", "must be >= 0 (0 = no lines within an epoch)")
 
 
 def resolve_config_path(path: str | Path) -> Path:
@@ -364,7 +396,10 @@ def config_from_dict(raw: dict) -> Config:
 
 def _read_yaml(p: Path) -> dict:
     try:
-        raw = yaml_load(p.read_text(encoding="utf-8")) or {}
+        raw = yaml_load(p.read_text(encoding="utf-8"))
+        if raw is None:  # empty, or comments only: legal, but most likely the wrong file
+            print(f"warning: config file '{p}' is empty; every key keeps its default", file=sys.stderr)
+            raw = {}
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read config file '{p}': {type(exc).__name__}: {exc}") from None
     except yaml.YAMLError as exc:

@@ -41,8 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+from axial_kd_tf import quiet  # noqa: E402  (sets TensorFlow's C++ log level before it loads)
 from axial_kd_tf import study  # noqa: E402
 from axial_kd_tf.cli import _Parser, _guard  # noqa: E402
 from axial_kd_tf.errors import UserError  # noqa: E402
@@ -430,6 +429,7 @@ def _worker(payload_json: str) -> int:
     if cpus is not None:
         print(f"[worker] CPUs {','.join(map(str, cpus))}, {os.environ.get('TF_NUM_INTRAOP_THREADS')} intra-op / "
               f"{os.environ.get('TF_NUM_INTEROP_THREADS')} inter-op threads", flush=True)
+    quiet.import_tensorflow()  # as quiet as the parent was told to be (--verbose)
     from axial_kd_tf.config import config_from_dict
 
     payload = json.loads(payload_json)
@@ -825,6 +825,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m axial_kd_tf.experiments",
                 description="Train and evaluate the paper's grid: architectures × {without, with} × folds × seeds.")
     p.add_argument("--config", required=True, help="base YAML config (path or name under configs/)")
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up and C++ log messages")
     p.add_argument("--archs", default=None,
                    help="'all' (the nine zoo architectures) or a comma list (default: the config's model.arch)")
     p.add_argument("--folds", default=None, help="e.g. 0-4, 0,2 or 3; sets data.fold (default: the config's)")
@@ -975,6 +976,7 @@ def run_plan(grid: Grid, args: argparse.Namespace) -> list[str]:
                 slot = free.pop(0)
                 t0 = time.time()
                 if args.in_process:
+                    quiet.import_tensorflow()
                     running[i] = (item, t0, slot, None)
                     events.put((i, run_in_process(item, args.overlays)))
                 else:
@@ -1026,6 +1028,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             raise UserError("--_worker takes one JSON argument (internal use)")
         return _worker(argv[1])
     args = build_parser().parse_args(argv)
+    quiet.configure(args.verbose)  # also for the worker processes
     grid = resolve_grid(args)
     plan, root, split = grid.plan, grid.root, grid.split
     prefix = aggregate_prefix(split)

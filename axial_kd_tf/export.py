@@ -38,6 +38,7 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from axial_kd_tf.errors import UserError
 from axial_kd_tf.io_utils import atomic_path
+from axial_kd_tf.quiet import native_quiet
 
 __all__ = [
     "VARIANTS",
@@ -257,7 +258,8 @@ def convert_tflite(
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
         try:
-            model_bytes = bytes(converter.convert())
+            with native_quiet():  # the quantiser prints "fully_quantize: 0, inference_type: 6, ..." on stderr
+                model_bytes = bytes(converter.convert())
         except Exception as exc:  # ConverterError and friends: one actionable line, original chained
             raise _conversion_error(variant, exc) from exc
 
@@ -357,6 +359,8 @@ class _TFLiteRunner:
             resolver = OpResolverType.AUTO
         self.resolver = resolver.name
         self._interpreter = Interpreter(model_content=model_bytes, experimental_op_resolver_type=resolver)
+        with native_quiet():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            self._interpreter.allocate_tensors()
         signatures = self._interpreter.get_signature_list()
         key = SIGNATURE_KEY if SIGNATURE_KEY in signatures else (next(iter(signatures)) if signatures else None)
         if key is None or (key != SIGNATURE_KEY and len(signatures) != 1):

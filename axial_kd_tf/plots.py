@@ -43,7 +43,9 @@ def plot_history(history_csv: str | Path, out_png: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     hist = read_history(history_csv)
-    epochs = [int(e) + 1 for e in hist.get("epoch", [])]
+    epochs = [int(e) for e in hist.get("epoch", [])]
+    if epochs and min(epochs) == 0:  # a run written before history.csv numbered epochs from 1
+        epochs = [e + 1 for e in epochs]
     panels = [(t, [c for p in cols for c in (p, f"val_{p}") if c in hist]) for t, cols in _PANELS]
     # Per-class validation IoU of each output: a collapsing class shows as a line falling to 0.
     for output in ("student", "teacher"):

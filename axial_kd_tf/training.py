@@ -91,6 +91,11 @@ def make_trainer(cfg: Config, model: keras.Model, class_names: tuple[str, ...], 
             f"config key 'distill.class_weights' has {len(d.class_weights)} entries; the dataset has "
             f"{len(class_names)} classes ({', '.join(class_names)})"
         )
+    if d.ignore_index is not None and d.ignore_index >= len(class_names):  # the loaders give labels 0..K-1 only
+        raise UserError(
+            f"config key 'distill.ignore_index' is {d.ignore_index} but the dataset's labels are "
+            f"0..{len(class_names) - 1} ({', '.join(class_names)}), so it would ignore nothing; use one of them or null"
+        )
     return DistillationTrainer(
         model, num_classes=len(class_names), class_names=class_names, student_weight=d.student_weight,
         teacher_weight=d.teacher_weight, distill_weight=d.distill_weight, target=d.target,
@@ -328,6 +333,14 @@ class InterruptAfterEpoch(keras.callbacks.Callback):
             raise KeyboardInterrupt(f"simulated interruption after epoch {self.n}")
 
 
+class HistoryCSV(keras.callbacks.CSVLogger):
+    """``history.csv`` with epochs numbered from 1, as the console, ``best.json`` and ``metrics.json`` number them
+    (Keras' CSVLogger writes the 0-based index)."""
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        super().on_epoch_end(epoch + 1, logs)
+
+
 # ----------------------------------------------------------------------------------------------------- train
 def train(
     cfg: Config,
@@ -350,7 +363,11 @@ def train(
         model = build_model_from_config(cfg, data.num_classes, data.in_channels)
         spe = steps_per_epoch(cfg, len(data.train_images))
         trainer = make_trainer(cfg, model, data.class_names, spe * cfg.train.epochs)
-        trainer.compile(optimizer=make_optimizer(cfg, spe * cfg.train.epochs), jit_compile=cfg.train.jit_compile)
+        from axial_kd_tf.xla import resolve_jit_compile
+
+        size = cfg.data.crop_size or min(data.train_images.shape[1:3])
+        jit = resolve_jit_compile(cfg.train.jit_compile, model, (size, size, data.in_channels), progress)
+        trainer.compile(optimizer=make_optimizer(cfg, spe * cfg.train.epochs), jit_compile=jit)
         n_student = student_network(model).count_params()
         progress(
             f"[model] {cfg.model.arch}: {n_student:,} student params, {model.count_params() - n_student:,} teacher params"
@@ -358,7 +375,11 @@ def train(
         )
         watch = ClassWatch(data.class_names, progress)
         callbacks = _callbacks(cfg, run_dir, data, resuming) + [watch] + list(extra_callbacks)
-        if cfg.logging.verbose == 1:
+        if cfg.logging.verbose == 1:  # within an epoch (a bar on a terminal, timed lines otherwise), then per epoch
+            from axial_kd_tf.progress import StepProgress
+
+            val_steps = math.ceil(len(data.split("val")[0]) / cfg.train.batch_size)
+            callbacks.append(StepProgress.for_console(spe, progress, cfg.logging.progress_seconds, val_steps))
             callbacks.append(EpochProgress(progress))
         train_ds = data.train_dataset(cfg.train.batch_size, cfg.data.seed, cfg.data.crop_size, cfg.data.augment)
         val_ds = data.eval_dataset("val", cfg.train.batch_size)
@@ -416,7 +437,7 @@ def _callbacks(cfg: Config, run_dir: Path, data: DataBundle, resuming: bool) -> 
         best,
         BestStateCallback(best_json, best),
         keras.callbacks.ModelCheckpoint(str(ckpt_dir / "last.weights.h5"), save_weights_only=True),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resuming),
+        HistoryCSV(str(run_dir / "history.csv"), append=resuming),
     ]
     if cfg.logging.tensorboard:
         tb_dir = run_dir / "tensorboard"
@@ -511,7 +532,25 @@ def export_run(
         )
         report["networks"][name]["params"] = int(net.count_params())
     atomic_write_json(out_dir / "export_report.json", report)
+    _remove_stale_exports(out_dir, report, progress)
     return report
+
+
+def _remove_stale_exports(out_dir: Path, report: dict, progress: Progress = print) -> None:
+    """Delete the ``*.tflite`` files and ``*_saved_model/`` folders of ``export/`` that ``report`` does not list:
+    left by an earlier export with other variants (or the teacher), they would be taken for this model's."""
+    current = {Path(v["path"]).name for net in report["networks"].values() for v in net["variants"].values()}
+    current |= {Path(net["saved_model"]).name for net in report["networks"].values() if net.get("saved_model")}
+    stale = [p for p in sorted(out_dir.glob("*.tflite")) + sorted(out_dir.glob("*_saved_model"))
+             if p.name not in current and not p.name.startswith(".")]
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if stale:
+        progress(f"[export] removed {len(stale)} file(s) of an earlier export that this one replaces: "
+                 f"{', '.join(p.name for p in stale)}")
 
 
 def load_run_config(run_dir: Path) -> Config:

@@ -177,6 +177,11 @@ def load_variants_file(path: str | Path) -> list[tuple[str, tuple]]:
     text = read_user_text(p, where)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        seen: set = set()
+        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
+            if key_node.value in seen:  # before yaml_load, whose own duplicate-key error is less specific
+                raise UserError(f"{where}: variant '{key_node.value}' is defined twice")
+            seen.add(key_node.value)
         raw = yaml_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -185,11 +190,6 @@ def load_variants_file(path: str | Path) -> list[tuple[str, tuple]]:
     if not isinstance(raw, dict) or not raw:
         raise UserError(f"{where} must be a non-empty mapping of variant names to overrides, "
                         "e.g. kl-T2: {distill.target: kl, distill.temperature: 2.0}")
-    seen: set = set()
-    for key_node, _ in node.value:  # YAML itself silently keeps the last of two equal keys
-        if key_node.value in seen:
-            raise UserError(f"{where}: variant '{key_node.value}' is defined twice")
-        seen.add(key_node.value)
     out = []
     for name, overrides in raw.items():
         _check_name(name, where)

@@ -3,7 +3,8 @@
 All images handled here are RGB ``uint8`` ``[H, W, 3]``; conversion to OpenCV's BGR happens only inside
 :func:`write_png`. Label values outside the palette (e.g. an ``ignore_index`` of 255) are drawn black by
 :func:`colorize`; labels outside ``[0, len(class_names))`` are left uncoloured (the input shows through) by
-:func:`overlay_panel`.
+:func:`overlay_panel`, and so is a class named ``background`` (:func:`background_classes`), which would otherwise
+tint the whole image.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "to_uint8_rgb",
     "overlay_panel",
     "panel_legend",
+    "background_classes",
     "write_png",
 ]
 
@@ -157,9 +159,24 @@ def to_uint8_rgb(image) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def _blend(rgb: np.ndarray, mask: np.ndarray, pal: np.ndarray, alpha: float) -> np.ndarray:
+#: Class names (lower case) drawn transparent in overlays: the image shows through, as for unlabelled pixels.
+BACKGROUND_NAMES = ("background", "_background_", "bg")
+
+
+def background_classes(class_names: Sequence[str]) -> tuple[int, ...]:
+    """Indices of the classes named background (:data:`BACKGROUND_NAMES`, any case): left uncoloured in overlays.
+
+    By name, not by index: class 0 is the background of a CT slice but the membrane of the ssTEM set.
+    """
+    return tuple(i for i, n in enumerate(class_names) if str(n).strip().lower() in BACKGROUND_NAMES)
+
+
+def _blend(rgb: np.ndarray, mask: np.ndarray, pal: np.ndarray, alpha: float,
+           transparent: Sequence[int] = ()) -> np.ndarray:
     out = rgb.astype(np.float32)
     inside = (mask >= 0) & (mask < len(pal))
+    for cls in transparent:
+        inside &= mask != cls
     colours = pal[mask[inside]].astype(np.float32)
     out[inside] = (1.0 - alpha) * out[inside] + alpha * colours
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
@@ -197,6 +214,7 @@ def overlay_panel(
     title: bool = True,
     palette=None,
     legend: bool = False,
+    transparent: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Side-by-side panel ``input | ground truth | prediction ...`` as uint8 RGB ``[H, W * (2 + len(predictions)), 3]``.
 
@@ -206,6 +224,7 @@ def overlay_panel(
     With ``title`` each column gets a small text label ("input", "ground truth", then the dict keys). Columns are
     split by a 2 px white line drawn over the pixels at each boundary, so the width stays exactly ``W * n_columns``.
     With ``legend=True`` a :func:`panel_legend` strip is appended below (the height grows by the strip's height).
+    ``transparent``: class ids left uncoloured (default: :func:`background_classes`; ``()`` colours every class).
     """
     if not 0.0 <= float(alpha) <= 1.0:
         raise UserError(f"overlay alpha must lie in [0, 1], got {alpha}")
@@ -221,7 +240,8 @@ def overlay_panel(
     for what, m in masks:
         if m.shape != (h, w):
             raise UserError(f"{what} mask has shape {m.shape} but the image is {(h, w)}")
-    tiles = [rgb.copy()] + [_blend(rgb, m, pal, float(alpha)) for _, m in masks]
+    clear = background_classes(names) if transparent is None else tuple(int(c) for c in transparent)
+    tiles = [rgb.copy()] + [_blend(rgb, m, pal, float(alpha), clear) for _, m in masks]
     labels = ["input"] + [what for what, _ in masks]
     if title:
         # one font size for every column: the largest at which the longest label fits a tile
@@ -233,16 +253,20 @@ def overlay_panel(
         x = i * w
         panel[:, max(x - 1, 0) : x + 1] = _SEPARATOR_RGB
     if legend:
-        panel = np.concatenate([panel, panel_legend(names, pal, width=panel.shape[1])], axis=0)
+        panel = np.concatenate([panel, panel_legend(names, pal, width=panel.shape[1], transparent=clear)], axis=0)
     return np.ascontiguousarray(panel)
 
 
-def panel_legend(class_names: Sequence[str], palette=None, width: int | None = None) -> np.ndarray:
+def panel_legend(class_names: Sequence[str], palette=None, width: int | None = None,
+                 transparent: Sequence[int] | None = None) -> np.ndarray:
     """Legend strip (uint8 RGB ``[h, width, 3]``, dark background): a colour swatch and the name of each class.
 
-    Entries wrap onto extra rows when they do not fit ``width`` (default: just wide enough for one row).
+    Classes in ``transparent`` (default: :func:`background_classes`) get a hollow swatch and ``(clear)``: overlays
+    leave them uncoloured. Entries wrap onto extra rows when they do not fit ``width`` (default: just wide enough for
+    one row).
     """
-    names = [str(n) for n in class_names]
+    clear = set(background_classes(class_names) if transparent is None else (int(c) for c in transparent))
+    names = [f"{n} (clear)" if i in clear else str(n) for i, n in enumerate(class_names)]
     pal = _as_palette(palette, len(names))
     scale, thick = 0.4, 1
     (_, th), base = cv2.getTextSize("Ag", _FONT, scale, thick)
@@ -266,7 +290,9 @@ def panel_legend(class_names: Sequence[str], palette=None, width: int | None = N
         y0 = r * row_h + pad
         for c, n, x0 in row:
             colour = tuple(int(v) for v in pal[c])
-            cv2.rectangle(strip, (x0, y0), (x0 + sw - 1, y0 + sw - 1), colour, thickness=-1)
+            hollow = c in clear  # uncoloured in the overlays: an outline, not the palette colour
+            cv2.rectangle(strip, (x0, y0), (x0 + sw - 1, y0 + sw - 1), (200, 200, 200) if hollow else colour,
+                          thickness=1 if hollow else -1)
             cv2.putText(strip, n, (x0 + sw + 4, y0 + th), _FONT, scale, (235, 235, 235), thick, cv2.LINE_AA)
     return strip
 

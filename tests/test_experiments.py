@@ -252,7 +252,7 @@ def test_interrupted_run_made_by_train_py_is_resumed(tiny_yaml, tmp_path):
     assert rc == 0, err
     assert "0 to train, 1 to resume" in out and "[resume]" in out
     epochs = [l.split(",")[0] for l in (run / "history.csv").read_text().strip().splitlines()[1:]]
-    assert epochs == ["0", "1"]  # only the second epoch was trained after the resume
+    assert epochs == ["1", "2"]  # only the second epoch was trained after the resume (epochs numbered from 1)
     assert (run / "test_metrics.json").is_file()
     assert not (tmp_path / "tiny" / "overlays" / f"{ARCH}_fold0_seed0.png").exists()  # needs both modes
     md = (tmp_path / "tiny" / "table.md").read_text()

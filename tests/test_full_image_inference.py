@@ -352,11 +352,11 @@ def test_fixed_size_models_use_a_sliding_window_at_their_input():
                               max_student_mb=None)
     pred = _inference_predictor(pointwise, 16, args)
     assert isinstance(pred.predictor, SlidingWindow)
-    assert pred.predictor.overlap == 0.0 and pred.predictor.blend == "mean"  # the old tiled behaviour
+    assert pred.predictor.overlap == 0.5 and pred.predictor.blend == "gaussian"  # overlapping: no seams
     pred(smooth_image(1, 40, 40))
-    assert list(pred.modes) == ["sliding window 16x16, overlap 0, mean blending"]
-    args.overlap = 0.5
-    assert _inference_predictor(pointwise, 16, args).predictor.blend == "gaussian"
+    assert list(pred.modes) == ["sliding window 16x16, overlap 0.5, gaussian blending"]
+    args.overlap = 0.0  # the old tiled behaviour, on request
+    assert _inference_predictor(pointwise, 16, args).predictor.blend == "mean"
     args.window = 32
     with pytest.raises(UserError, match="fixed 16x16 input"):
         _inference_predictor(pointwise, 16, args)

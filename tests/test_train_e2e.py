@@ -162,7 +162,7 @@ def test_resume_after_interruption(tmp_path):
     lines = []
     metrics = train(cfg, run, resume=True, progress=lines.append)
     rows = (run / "history.csv").read_text().strip().splitlines()
-    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]  # epoch 3 only was trained after the resume
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]  # epoch 3 only was trained after the resume
     assert sum(l.startswith("epoch") for l in lines) == 1
     assert metrics["best_epoch"] in (1, 2, 3)
 

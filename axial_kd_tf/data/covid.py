@@ -10,6 +10,17 @@ Layout (as written by ``python -m axial_kd_tf.data download covid``)::
 Slice ``i`` is ``vol[:, :, i]`` turned upright with ``np.fliplr(np.rot90(x, k=3))``, as the paper's lab loads it (the
 two operations amount to a transpose: image row = NIfTI axis 1, image column = NIfTI axis 0).
 
+Orientation: that slicing assumes volumes stored as the fixtures and the phantom are, voxel axes along R, A, S. A
+volume whose NIfTI header (``qform``/``sform`` code > 0) says another orientation is reoriented to R, A, S first
+(``nibabel.orientations``, the equivalent of ``as_closest_canonical``), with a one-line warning; a mask without
+orientation follows its image. MedSeg's own files (recognised by their md5) are always read as stored, as the lab
+reads them. A header without orientation codes says nothing, and the volume is read as stored.
+
+Classes: MedSeg's labels 0-3 (:data:`CLASS_NAMES`) by default. ``data.value_map`` (mask value -> class id) and
+``data.class_names`` relabel them, as for ``folders``: e.g. ``value_map: {0: 0, 1: 1, 2: 1, 3: 0}`` and
+``class_names: [background, infection]`` for a binary infection model; ``class_names`` alone (K names) reads mask
+values 0..K-1 as they are (a binary mask file).
+
 Intensities: ``data.window = [low, high]`` clips to the window in HU and scales it to [0, 1]; ``null`` scales the
 minimum and maximum of the whole volume (all slices, so every split sees the same mapping) to [0, 1]. One channel.
 
@@ -24,9 +35,10 @@ shares: ``class_weights_from_frequencies(class_frequencies(bundle.train_masks, 4
 from __future__ import annotations
 
 import struct
+import sys
 import zlib
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -44,8 +56,18 @@ UNLABELLED_FILE = "val_im.nii.gz"
 FILES: tuple[str, ...] = (IMAGE_FILE, MASK_FILE)
 
 
+#: Voxel-axis orientation the lab's slicing expects (:func:`to_slices`); other orientations are reoriented to it.
+CANONICAL: tuple[str, str, str] = ("R", "A", "S")
+
+
 def read_volume(path: Path) -> np.ndarray:
-    """A NIfTI volume as float32 ``[X, Y, Z]`` (trailing singleton axes dropped); bad files raise a UserError."""
+    """A NIfTI volume as float32 ``[X, Y, Z]`` (trailing singleton axes dropped), as stored; bad files raise a
+    UserError. :func:`load_arrays` also applies the header's orientation."""
+    return _read_nifti(path)[0]
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, Optional[tuple[str, ...]]]:
+    """:func:`read_volume` and the voxel axes' orientation codes from the header (None when it states none)."""
     import nibabel as nib
     from nibabel.filebasedimages import ImageFileError
     from nibabel.spatialimages import HeaderDataError
@@ -55,7 +77,8 @@ def read_volume(path: Path) -> np.ndarray:
         raise UserError(f"file '{path}' is missing; run `python -m axial_kd_tf.data download covid` "
                         f"or point data.root at a folder holding {', '.join(FILES)}")
     try:
-        volume = nib.load(str(path)).get_fdata(dtype=np.float32)
+        image = nib.load(str(path))
+        volume = image.get_fdata(dtype=np.float32)
     except (OSError, EOFError, ValueError, zlib.error, struct.error, ImageFileError, HeaderDataError) as exc:
         raise UserError(f"cannot read NIfTI file '{path}' ({type(exc).__name__}: {exc}); the file is corrupt or "
                         f"truncated, delete it and run `python -m axial_kd_tf.data download covid` again") from None
@@ -63,8 +86,63 @@ def read_volume(path: Path) -> np.ndarray:
         volume = volume[..., 0]
     if volume.ndim != 3:
         raise UserError(f"NIfTI file '{path}' has shape {tuple(volume.shape)}; expected a 3-D volume "
-                        f"[height, width, slices] such as 512x512x100")
-    return volume
+                        f"[X, Y, slices] such as 512x512x100 (axis 0 becomes the slice width, axis 1 its height)")
+    return volume, _orientation(image)
+
+
+def _orientation(image) -> Optional[tuple[str, ...]]:
+    """Axis codes of the header's affine, or None when neither qform nor sform code is set (then nibabel's affine is
+    a fallback convention, not a statement about the data)."""
+    import nibabel as nib
+
+    try:
+        if int(image.header["qform_code"]) == 0 and int(image.header["sform_code"]) == 0:
+            return None
+        codes = nib.aff2axcodes(image.affine)
+    except (KeyError, ValueError, TypeError, np.linalg.LinAlgError):
+        return None
+    return tuple(codes) if None not in codes else None
+
+
+def _is_medseg_original(path: Path) -> bool:
+    """True for MedSeg's own ``tr_im`` / ``tr_mask`` (md5 as downloaded): the lab reads them as stored."""
+    from axial_kd_tf.data.download import file_digest, get_dataset
+
+    known = {f.path: f for f in get_dataset("covid").files}.get(path.name)
+    try:
+        return known is not None and file_digest(path, known.algorithm) == known.digest
+    except OSError:
+        return False
+
+
+def _reorient(volume: np.ndarray, codes: tuple[str, ...], target: tuple[str, ...], path: Path) -> np.ndarray:
+    """``volume`` stored along ``codes`` rearranged (axes permuted / flipped) to ``target``, with a warning."""
+    from nibabel.orientations import apply_orientation, axcodes2ornt, ornt_transform
+
+    if tuple(codes) == tuple(target):
+        return volume
+    transform = ornt_transform(axcodes2ornt(codes), axcodes2ornt(target))
+    print(f"warning: NIfTI file '{path}' is stored in {','.join(codes)} orientation (its header); reoriented to "
+          f"{','.join(target)} before slicing", file=sys.stderr)
+    return np.ascontiguousarray(apply_orientation(volume, transform))
+
+
+def oriented_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The image and mask volumes ``[X, Y, Z]`` in the orientation :func:`to_slices` expects (module docstring).
+
+    A volume without orientation codes takes its partner's. The target is R, A, S, or the image's own orientation
+    when that is MedSeg's original file (read as the lab reads it).
+    """
+    image, image_codes = _read_nifti(image_path)
+    mask, mask_codes = _read_nifti(mask_path)
+    image_codes = image_codes or mask_codes
+    mask_codes = mask_codes or image_codes
+    if image_codes is None:
+        return image, mask
+    target = CANONICAL
+    if image_codes != CANONICAL and _is_medseg_original(image_path):
+        target = image_codes
+    return _reorient(image, image_codes, target, image_path), _reorient(mask, mask_codes, target, mask_path)
 
 
 def to_slices(volume: np.ndarray) -> np.ndarray:
@@ -85,33 +163,64 @@ def normalize(volume: np.ndarray, window: Optional[Sequence[float]] = None) -> n
     return out.astype(np.float32, copy=False)
 
 
-def _check_mask(mask: np.ndarray, path: Path) -> np.ndarray:
+def class_map(value_map: Optional[Mapping] = None, class_names: Optional[Sequence[str]] = None
+              ) -> tuple[dict[int, int], tuple[str, ...]]:
+    """``({mask value: class id}, class names)`` from ``data.value_map`` / ``data.class_names`` (module docstring).
+
+    Neither: MedSeg's 0-3 and :data:`CLASS_NAMES`. ``class_names`` alone: values 0..K-1 as they are. A ``value_map``
+    without names names each class after the MedSeg labels mapped to it (``ground-glass+consolidation``).
+    """
+    from axial_kd_tf.data.folders import class_map as folders_class_map
+
+    if value_map is None and class_names is None:
+        return {i: i for i in range(len(CLASS_NAMES))}, CLASS_NAMES
+    if value_map is not None and not value_map:
+        raise UserError("data.value_map is empty; map the mask values to class ids, e.g. {0: 0, 1: 1, 2: 1, 3: 1}, "
+                        "or set it to null")
+    if value_map is None:
+        value_map = {i: i for i in range(len(class_names))}
+    mapping, names = folders_class_map(value_map, class_names)
+    if class_names is None:
+        sources = [[v for v, c in sorted(mapping.items()) if c == cls] for cls in range(len(names))]
+        names = tuple("+".join(CLASS_NAMES[v] for v in vs) if all(v < len(CLASS_NAMES) for v in vs) else names[cls]
+                      for cls, vs in enumerate(sources))
+    return mapping, names
+
+
+def _check_mask(mask: np.ndarray, path: Path, value_map: Optional[Mapping[int, int]] = None) -> np.ndarray:
+    """The mask's values as class ids (uint8) through ``value_map`` (default: MedSeg's 0-3 as they are)."""
+    mapping = dict(value_map) if value_map is not None else class_map()[0]
+    expected = f"the class map {sorted(mapping)}" if value_map is not None else "the class map 0-3 (" + ", ".join(
+        f"{i} {n}" for i, n in enumerate(CLASS_NAMES)) + ")"
     if not np.all(np.isfinite(mask)):
-        raise UserError(f"mask '{path}' contains NaN or infinite values; expected only class ids 0-3")
+        raise UserError(f"mask '{path}' contains NaN or infinite values; expected only the values of {expected}")
     if not np.array_equal(mask, np.round(mask)):
-        raise UserError(f"mask '{path}' holds non-integer values; expected only class ids 0-3 "
-                        f"({', '.join(f'{i} {n}' for i, n in enumerate(CLASS_NAMES))})")
-    bad = np.unique(mask[(mask < 0) | (mask >= len(CLASS_NAMES))])
+        raise UserError(f"mask '{path}' holds non-integer values; expected only the values of {expected}")
+    bad = np.unique(mask[~np.isin(mask, np.asarray(sorted(mapping), np.float64))])
     if bad.size:
         shown = [int(v) for v in bad[:8]]
-        raise UserError(f"mask '{path}' has values {shown} outside the class map 0-3 "
-                        f"({', '.join(f'{i} {n}' for i, n in enumerate(CLASS_NAMES))}); fix the mask file")
-    return mask.astype(np.uint8)
+        raise UserError(f"mask '{path}' has values {shown} outside {expected}; fix the mask file"
+                        f"{' or data.value_map' if value_map is not None else ' or set data.value_map'}")
+    lut = np.zeros(max(mapping) + 1, np.uint8)
+    for value, cls in mapping.items():
+        lut[value] = cls
+    return lut[mask.astype(np.int64)]
 
 
-def load_arrays(root: Path, window: Optional[Sequence[float]] = None) -> tuple[np.ndarray, np.ndarray]:
-    """All slices of ``root``: images float32 ``[Z, H, W, 1]`` in [0, 1] and masks uint8 ``[Z, H, W]``."""
+def load_arrays(root: Path, window: Optional[Sequence[float]] = None,
+                value_map: Optional[Mapping[int, int]] = None) -> tuple[np.ndarray, np.ndarray]:
+    """All slices of ``root``: images float32 ``[Z, H, W, 1]`` in [0, 1] and masks uint8 ``[Z, H, W]`` (class ids
+    through ``value_map``, default MedSeg's 0-3), the volumes first put in the expected orientation."""
     root = Path(root)
     image_path, mask_path = root / IMAGE_FILE, root / MASK_FILE
-    image = read_volume(image_path)
-    mask = read_volume(mask_path)
+    image, mask = oriented_pair(image_path, mask_path)
     if image.shape != mask.shape:
         raise UserError(f"image '{image_path}' is {'x'.join(map(str, image.shape))} but mask '{mask_path}' is "
                         f"{'x'.join(map(str, mask.shape))}; they must have the same shape")
     if not np.all(np.isfinite(image)):
         raise UserError(f"image '{image_path}' contains NaN or infinite values; replace the file "
                         f"(`python -m axial_kd_tf.data download covid`)")
-    masks = _check_mask(mask, mask_path)
+    masks = _check_mask(mask, mask_path, value_map)
     images = normalize(image, window)
     return to_slices(images)[..., None], to_slices(masks)
 
@@ -121,8 +230,9 @@ def load(d: DataConfig):
     from axial_kd_tf.data import DataBundle
     from axial_kd_tf.data.io import resolve_root, tiles
 
+    mapping, names = class_map(d.value_map, d.class_names)  # before reading 40 MB: a bad map fails fast
     root = resolve_root(d.root, "covid")
-    images, masks = load_arrays(root, d.window)
+    images, masks = load_arrays(root, d.window, None if d.value_map is None and d.class_names is None else mapping)
     depth = len(images)
     if d.train_slices + d.val_slices >= depth:
         raise UserError(f"data.train_slices ({d.train_slices}) + data.val_slices ({d.val_slices}) must be less than "
@@ -132,7 +242,7 @@ def load(d: DataConfig):
     if d.tile_size:
         splits = {name: (tiles(x, d.tile_size), tiles(y, d.tile_size)) for name, (x, y) in splits.items()}
     return DataBundle(
-        class_names=CLASS_NAMES,
+        class_names=names,
         in_channels=1,
         train_images=np.ascontiguousarray(images[:a]),
         train_masks=np.ascontiguousarray(masks[:a]),

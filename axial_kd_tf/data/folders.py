@@ -14,7 +14,8 @@ An image and its mask share a file stem (``cell_01.png`` ↔ ``cell_01.tif``); s
 .jpeg`` (any case); hidden files (``.name``) and other suffixes are ignored. Images are greyscale or RGB(A, alpha
 dropped), 8- or 16-bit, scaled to [0, 1]; all of them must have the same number of channels and the same height and
 width (training takes random ``data.crop_size`` crops of the full images). Masks are greyscale (or RGB with equal
-channels) label images whose values are mapped to class ids by ``data.value_map`` (e.g. ``{0: 0, 128: 1, 255: 2}``;
+channels, or palette PNG/TIFF read as their indices: :func:`axial_kd_tf.data.io.read_mask`) label images whose
+values are mapped to class ids by ``data.value_map`` (e.g. ``{0: 0, 128: 1, 255: 2}``;
 several values may share a class). Class ids must be 0..K-1; ``data.class_names`` names them (default
 ``class0`` .. ``classK-1``). With ``data.tile_size`` the evaluation splits are cut into non-overlapping tiles.
 

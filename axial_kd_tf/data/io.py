@@ -67,20 +67,68 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """A label mask as a 2-D integer array; an RGB mask is accepted only when its three channels are equal."""
+    """A label mask as a 2-D integer array.
+
+    An indexed (palette) PNG/TIFF with colours in its palette (Pascal VOC style) gives its palette indices, read with
+    Pillow (OpenCV would expand the palette to colours); a palette of grey colours only gives the grey levels, as
+    any greyscale PNG. An RGB mask is accepted only when its three channels are equal.
+    """
     import cv2
 
+    indices = palette_indices(path)
+    if indices is not None:
+        return indices
     array = read_array(path, cv2.IMREAD_UNCHANGED)
     if array.ndim == 3 and array.shape[2] == 4:
         array = array[..., :3]  # alpha (e.g. a grey+alpha PNG) carries no label
     if array.ndim == 3:
         if not all(np.array_equal(array[..., 0], array[..., c]) for c in range(1, array.shape[2])):
+            hint = ""
+            if _is_palette_png(path):  # only reached without Pillow
+                hint = "; it is a palette (indexed) PNG, whose indices are read with Pillow: pip install pillow"
             raise UserError(f"mask '{path}' is a colour image; masks must hold one label value per pixel "
-                            f"(greyscale or equal RGB channels)")
+                            f"(greyscale, equal RGB channels or a palette PNG){hint}")
         array = array[..., 0]
     if not np.issubdtype(array.dtype, np.integer):
         raise UserError(f"mask '{path}' has {array.dtype} values; masks must be integer label images")
     return array
+
+
+def _is_palette_png(path: Path) -> bool:
+    """PNG colour type 3 (palette), from the IHDR chunk: byte 25 of the file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(26)
+    except OSError:
+        return False
+    return len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[25] == 3
+
+
+def palette_indices(path: Path) -> Optional[np.ndarray]:
+    """The ``[H, W]`` palette indices of an indexed PNG/TIFF whose used palette entries include a colour; None for
+    any other file (greyscale, RGB, a grey-only palette, unreadable: OpenCV reads or words those), or without
+    Pillow."""
+    if Path(path).suffix.lower() not in (".png", ".tif", ".tiff"):
+        return None
+    try:
+        from PIL import Image  # ships with matplotlib
+    except ImportError:
+        return None
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("P", "PA"):
+                return None
+            indices = np.asarray(image)
+            palette = image.getpalette("RGB") or []
+    except Exception:  # a damaged file: read_array gives the one-line error
+        return None
+    if indices.ndim == 3:  # PA: index and alpha
+        indices = indices[..., 0]
+    colours = np.asarray(palette, np.int64).reshape(-1, 3)
+    used = np.unique(indices)
+    used = used[used < len(colours)]
+    grey = np.all(colours[used, 0] == colours[used, 1]) and np.all(colours[used, 1] == colours[used, 2])
+    return None if grey else np.ascontiguousarray(indices)
 
 
 def map_values(mask: np.ndarray, value_map: Mapping[int, int], path: Path | str) -> np.ndarray:
