@@ -409,9 +409,22 @@ def restore_backup(model: keras.Model, run_dir: Path, progress: Progress = print
 
 
 # ----------------------------------------------------------------------------------------------- history.csv
+def _row_epoch(line: str) -> Optional[int]:
+    try:
+        return int(next(csv.reader(io.StringIO(line)))[0])
+    except (ValueError, IndexError, StopIteration):
+        return None
+
+
+def epoch_base(first_epoch: Optional[int]) -> int:
+    """0 or 1: how ``history.csv`` numbers its first epoch (Keras' CSVLogger writes 0-based indices; a logger that
+    numbers epochs as the console does writes 1). Read from the first row, which a resume always keeps."""
+    return 1 if first_epoch == 1 else 0
+
+
 def truncate_history(path: Path, epochs_done: int) -> None:
-    """Keep the rows of ``history.csv`` for epochs below ``epochs_done`` (0-based ``epoch`` column): a resumed run
-    appends the epochs it trains, so rows of an epoch that is trained again must go first. Unparseable rows go too."""
+    """Keep the rows of ``history.csv`` of the first ``epochs_done`` epochs: a resumed run appends the epochs it
+    trains, so rows of an epoch that is trained again must go first. Unparseable and unfinished rows go too."""
     path = Path(path)
     if not path.is_file():
         return
@@ -423,14 +436,10 @@ def truncate_history(path: Path, epochs_done: int) -> None:
     lines = text.splitlines(keepends=True)
     if not lines:
         return
-    kept = [lines[0]]
-    for line in lines[1:]:
-        try:
-            epoch = int(next(csv.reader(io.StringIO(line)))[0])
-        except (ValueError, IndexError, StopIteration):
-            continue
-        if epoch < epochs_done and line.endswith("\n"):
-            kept.append(line)
+    rows = [(_row_epoch(line), line) for line in lines[1:]]
+    base = epoch_base(rows[0][0] if rows else None)
+    kept = [lines[0]] + [line for epoch, line in rows
+                         if epoch is not None and epoch - base < epochs_done and line.endswith("\n")]
     if kept != lines:
         atomic_write_text(path, "".join(kept))
 

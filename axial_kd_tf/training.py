@@ -44,6 +44,7 @@ from axial_kd_tf.io_utils import atomic_write_json, atomic_write_text, check_wri
 from axial_kd_tf.rundir import (
     EpochBackup,
     check_unlocked,
+    epoch_base,
     history_rows,
     is_empty_dir,
     list_backups,
@@ -553,9 +554,14 @@ def _best_threshold(run_dir: Path, progress: Progress) -> Optional[float]:
 def _best_from_history(run_dir: Path) -> tuple[Optional[int], Optional[float]]:
     """(1-based epoch, value) of the best validation student mIoU in ``history.csv``; (None, None) when unknown."""
     best: tuple[Optional[int], Optional[float]] = (None, None)
-    for row in history_rows(run_dir / "history.csv"):
+    rows = history_rows(run_dir / "history.csv")
+    try:
+        base = epoch_base(int(rows[0]["epoch"]))
+    except (IndexError, KeyError, TypeError, ValueError):
+        base = 0
+    for row in rows:
         try:
-            epoch, value = int(row["epoch"]) + 1, float(row[BEST_MONITOR])
+            epoch, value = int(row["epoch"]) - base + 1, float(row[BEST_MONITOR])
         except (KeyError, TypeError, ValueError):
             continue
         if math.isfinite(value) and (best[1] is None or value > best[1]):

@@ -101,8 +101,10 @@ def _assert_same_weights(a: Path, b: Path, context: str = "") -> None:
 
 
 def _history_epochs(run: Path) -> list[str]:
-    rows = (run / "history.csv").read_text().strip().splitlines()[1:]
-    return [r.split(",")[0] for r in rows]
+    """The epoch column of history.csv, as 0-based indices (whether the file numbers epochs from 0 or from 1)."""
+    epochs = [int(r.split(",")[0]) for r in (run / "history.csv").read_text().strip().splitlines()[1:]]
+    base = 1 if epochs and epochs[0] == 1 else 0
+    return [str(e - base) for e in epochs]
 
 
 def _tree(path: Path) -> dict:
@@ -371,6 +373,17 @@ def test_resume_falls_back_to_the_newest_backup_that_loads(tmp_path: Path, inter
     _assert_same_weights(run / "checkpoints" / "last.weights.h5", reference / "checkpoints" / "last.weights.h5",
                          "resumed from the older backup")
     assert not (run / ".lock").exists() and not (run / "backup").exists()
+
+
+@pytest.mark.parametrize("first", [0, 1], ids=["keras-0-based", "1-based"])
+def test_truncate_history_keeps_the_committed_epochs(tmp_path: Path, first: int):
+    """Rows of epochs that a resume trains again go (no duplicates), and a half-written last row too."""
+    from axial_kd_tf.rundir import truncate_history
+
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss\n" + "".join(f"{first + i},0.{i}\n" for i in range(3)) + f"{first + 3},0.")
+    truncate_history(path, 2)
+    assert path.read_text() == f"epoch,loss\n{first},0.0\n{first + 1},0.1\n"
 
 
 def test_restore_backup_starts_afresh_when_no_backup_loads(tmp_path: Path):
