@@ -32,6 +32,16 @@ def _guard(main: Optional[_Main] = None, *,
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except OSError as exc:  # a path the user named cannot be written (read-only, full, a file in the way)
+            from axial_kd_tf.io_utils import DISK_FULL_ERRNOS, UNWRITABLE_ERRNOS, disk_full_error, is_disk_full
+
+            if is_disk_full(exc):
+                print(f"error: {disk_full_error(exc.filename)}", file=sys.stderr)
+                return 2
+            if exc.errno not in UNWRITABLE_ERRNOS | DISK_FULL_ERRNOS or not exc.filename:
+                raise
+            print(f"error: cannot use '{exc.filename}': {exc.strerror}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
             print(f"interrupted: {interrupted}", file=sys.stderr)
             return 130
@@ -60,6 +70,8 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --run-dir")
     parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
+    parser.add_argument("--force", action="store_true",
+                        help="start even when the memory estimate exceeds what the machine has (a warning instead)")
     args = parser.parse_args(argv)
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite are mutually exclusive")
@@ -74,7 +86,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 
     from axial_kd_tf.training import train
 
-    train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite)
+    train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, force=args.force)
     print(f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
     print(f"Evaluate:    python evaluate.py --run {run_dir}")
     return 0
@@ -151,9 +163,17 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
     if args.run and not (model_path / "model.keras").is_file():
         raise UserError(f"run '{model_path}' has no model.keras (training did not finish); "
                         "resume it with train.py --resume")
+    from axial_kd_tf.evaluation import predictor_channels
+    from axial_kd_tf.io_utils import check_writable_dir
+
+    check_writable_dir(out_dir, "output folder (--out)")  # before the inference, not after it
     predictor, fixed = load_predictor(model_path)
+    channels = predictor_channels(predictor)
     predictor = _inference_predictor(predictor, fixed, args)
     data = load_data(cfg)
+    if channels is not None and channels != data.in_channels:
+        raise UserError(f"model '{model_path}' takes {channels}-channel images, but the '{cfg.data.dataset}' data has "
+                        f"{data.in_channels} channel(s); evaluate it on the data it was trained for (--config)")
     images, masks = data.split(args.split)
     size = f"{images.shape[1]}x{images.shape[2]}" if len(images) else "-"
     print(f"[eval] {model_path} on {args.split} ({len(images)} images of {size}"
@@ -245,8 +265,11 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
     quiet.import_tensorflow(args.verbose)
 
     from axial_kd_tf.config import config_from_dict
+    from axial_kd_tf.rundir import RunLock
     from axial_kd_tf.training import export_run, load_run_config
 
+    if args.input_size is not None and args.input_size < 8:
+        raise UserError(f"--input-size must be >= 8, got {args.input_size}")
     cfg = load_run_config(Path(args.run))
     raw = cfg.to_dict()
     if args.variants:
@@ -255,7 +278,8 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
         raw["export"]["teacher"] = True
     if args.input_size:
         raw["export"]["input_size"] = args.input_size
-    report = export_run(args.run, config_from_dict(raw))
+    with RunLock(Path(args.run)):  # not while train.py writes the same run
+        report = export_run(args.run, config_from_dict(raw))
     for net, rep in report["networks"].items():
         for variant, v in rep["variants"].items():
             print(f"{net:8s} {variant:8s} size {v['size_bytes'] / 1e6:7.2f} MB  max|diff| {v['max_abs_diff']:.2e}  "

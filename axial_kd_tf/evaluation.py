@@ -62,6 +62,23 @@ class TFLitePredictor:
         return {"teacher" if self.is_teacher else "student": self._run(self.path, images)}
 
 
+def predictor_channels(predictor: Predictor) -> Optional[int]:
+    """The number of image channels a loaded predictor takes (None when it cannot tell)."""
+    model = getattr(predictor, "model", None)
+    try:
+        if model is not None:
+            return int(model.inputs[0].shape[-1])
+        if isinstance(predictor, SavedModelPredictor):
+            return int(predictor.input_shape[-1])
+        if isinstance(predictor, TFLitePredictor):
+            from ai_edge_litert.interpreter import Interpreter
+
+            return int(Interpreter(model_path=str(predictor.path)).get_input_details()[0]["shape"][-1])
+    except (AttributeError, IndexError, TypeError, ValueError):
+        pass
+    return None
+
+
 def load_predictor(path: str | os.PathLike) -> tuple[Predictor, Optional[int]]:
     """Open a model file; returns the predictor and its fixed input size (None when any size works)."""
     from axial_kd_tf.training import KerasPredictor, load_run_model

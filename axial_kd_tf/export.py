@@ -19,6 +19,11 @@ Measured pitfalls on this stack (TF 2.21 / Keras 3.15 / ai-edge-litert 2.3), eac
   name through ``get_signature_runner()`` (the raw ``get_output_details()`` order is not the model's order).
 * XNNPACK (applied by the default op resolver) was seen to give wrong int8 results, so models containing int8
   tensors run with ``OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES`` (reported as ``resolver``).
+* A network trained under ``mixed_bfloat16`` computes its convolutions in bfloat16, which has no TFLite builtin
+  kernel ("Conv2D ... have no TFLite builtin kernel"). :func:`export_network` therefore always exports a float32 copy
+  of the network (:func:`float32_copy`: same layers and weights, float32 compute); float16 and int8 derive from it.
+* Diverged weights export "successfully" and verify as equal (NaN against NaN): non-finite weights or outputs are an
+  error, and nothing is written.
 """
 
 from __future__ import annotations
@@ -120,8 +125,81 @@ def _check_images(images: Any, input_shape: Sequence[int] | None, what: str) -> 
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Keras side: named float32 outputs, SavedModel
+# Keras side: float32 copy, named float32 outputs, SavedModel
 # ----------------------------------------------------------------------------------------------------------------
+
+_FLOAT32_POLICY = {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "float32"},
+                   "registered_name": None}
+
+
+def _needs_float32_copy(model: keras.Model) -> bool:
+    """True when any layer computes in another dtype than float32 (a mixed-precision network)."""
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        policy = getattr(layer, "dtype_policy", None)
+        if policy is not None and getattr(policy, "compute_dtype", "float32") not in ("float32", None):
+            if str(policy.compute_dtype).startswith(("bfloat16", "float16")):
+                return True
+    return False
+
+
+def _float32_config(obj: Any) -> Any:
+    """A serialized Keras config with every floating dtype policy replaced by float32."""
+    if isinstance(obj, dict):
+        if obj.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and isinstance(obj.get("config"), dict):
+            return dict(_FLOAT32_POLICY)
+        return {k: (("float32" if v in ("mixed_bfloat16", "mixed_float16", "bfloat16", "float16") else v)
+                    if k == "dtype" and isinstance(v, str) else _float32_config(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_float32_config(v) for v in obj]
+    return obj
+
+
+@contextlib.contextmanager
+def _float32_policy() -> Iterator[None]:
+    """Run with the global dtype policy float32 (layers created inside a layer's build follow it)."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def float32_copy(model: keras.Model) -> keras.Model:
+    """``model`` itself when it computes in float32; otherwise a float32 copy with the same weights.
+
+    Mixed-precision layers keep float32 variables, so the copy is exact up to the compute precision: it is what a
+    float32 run with these weights computes. Rebuilt from the model's config (custom layers must be serializable,
+    as for ``.keras`` saving).
+    """
+    if not _needs_float32_copy(model):
+        return model
+    from axial_kd_tf.saving import register_custom_objects
+
+    register_custom_objects()
+    config = _float32_config(keras.saving.serialize_keras_object(model))
+    with _float32_policy():
+        try:
+            copy = keras.saving.deserialize_keras_object(config)
+        except Exception as exc:
+            raise UserError(f"cannot rebuild {model.name!r} in float32 for export: {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    copy.set_weights([np.asarray(keras.ops.convert_to_numpy(w)) for w in model.weights])
+    return copy
+
+
+def _check_finite_weights(model: keras.Model) -> None:
+    """Refuse to export diverged weights (NaN/Inf): they would convert and verify as "equal" (NaN vs NaN)."""
+    bad = total = 0
+    for w in model.weights:
+        value = np.asarray(keras.ops.convert_to_numpy(w))
+        if np.issubdtype(value.dtype, np.floating):
+            bad += int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+            total += int(np.size(value))
+    if bad:
+        raise UserError(f"cannot export {model.name!r}: {bad:,} of its {total:,} weights are NaN or infinite (the "
+                        "training diverged; retrain with a lower train.learning_rate); nothing was exported")
+
 
 
 def _named_outputs(model: keras.Model, outputs: Any) -> dict[str, Any]:
@@ -184,8 +262,8 @@ def export_saved_model(model: keras.Model, path: str | Path, input_shape: tuple[
     shape = _check_input_shape(input_shape)
     _check_model(model, shape)
     final = Path(path)
-    with atomic_path(final, is_dir=True) as tmp:
-        _write_serving_archive(model, tmp, (None, *shape))
+    with _float32_policy(), atomic_path(final, is_dir=True) as tmp:
+        _write_serving_archive(float32_copy(model), tmp, (None, *shape))
     return final
 
 
@@ -224,12 +302,20 @@ def convert_tflite(
     * ``int8``: full-integer quantisation calibrated on ``calibration_images`` (``(N, H, W, C)`` float32,
       required), ``TFLITE_BUILTINS_INT8`` kernels only, int8 input and output tensors.
 
+    A mixed-precision model is converted through its float32 copy (:func:`float32_copy`).
+
     Raises :class:`UserError` for bad arguments and :class:`TFLiteConversionError` (a ``UserError``) when the
     converter rejects the model, e.g. because an op has no builtin kernel.
     """
     _check_variant(variant)
     shape = _check_input_shape(input_shape)
     _check_model(model, shape)
+    with _float32_policy():
+        return _convert_tflite(float32_copy(model), shape, variant, calibration_images)
+
+
+def _convert_tflite(model: keras.Model, shape: tuple[int, int, int], variant: str,
+                    calibration_images: np.ndarray | None) -> bytes:
     calib: np.ndarray | None = None
     if variant == "int8":
         if calibration_images is None:
@@ -448,6 +534,10 @@ def verify_tflite(model: keras.Model, tflite_path: Path, images: np.ndarray, lat
         actual = got[name]
         if actual.shape != expected.shape:
             raise UserError(f"TFLite output {name!r} has shape {list(actual.shape)}, Keras {list(expected.shape)}")
+        for who, values in (("Keras model", expected), ("TFLite model", actual)):
+            if not np.all(np.isfinite(values)):  # NaN == NaN would otherwise "agree" 100 %
+                raise UserError(f"export check failed: the {who}'s output {name!r} has NaN or infinite values on the "
+                                f"verify images ({Path(tflite_path).name}); nothing was exported")
         max_abs_diff = max(max_abs_diff, float(np.max(np.abs(actual - expected))))
         agreement = min(agreement, float(np.mean(np.argmax(actual, -1) == np.argmax(expected, -1))))
 
@@ -493,9 +583,28 @@ def export_network(
     ``verify_images`` should be held-out inputs ``(N, H, W, C)``; if ``None``, 4 seeded uniform [0, 1) images
     are used (reported as ``"verify_source": "synthetic"``), which only checks numerical agreement.
 
+    A mixed-precision network is exported as its float32 copy (:func:`float32_copy`), and verified against it;
+    weights or outputs that are NaN or infinite are an error.
+
     Returns ``{"name", "input_shape", "saved_model": path or None, "variants": {variant: {"path", **verify}},
-    "ops": sorted op names of the float32 model, "verify_source"}``.
+    "ops": sorted op names of the float32 model, "verify_source", "float32_copy"}``.
     """
+    with _float32_policy():
+        return _export_network(model, out_dir, input_shape, name, variants, calibration_images, verify_images,
+                               saved_model, progress)
+
+
+def _export_network(
+    model: keras.Model,
+    out_dir: str | Path,
+    input_shape: tuple[int, int, int],
+    name: str,
+    variants: Sequence[str],
+    calibration_images: np.ndarray | None,
+    verify_images: np.ndarray | None,
+    saved_model: bool,
+    progress: Callable[[str], None] | None,
+) -> dict:
     say = progress or (lambda _msg: None)
     requested = list(dict.fromkeys(variants))  # de-duplicate, keep order
     if not requested and not saved_model:
@@ -506,6 +615,9 @@ def export_network(
         raise UserError(f"export name must be a plain file-name stem, got {name!r}")
     shape = _check_input_shape(input_shape)
     _check_model(model, shape)
+    copied = _needs_float32_copy(model)
+    model = float32_copy(model)  # bf16/fp16 convolutions have no TFLite builtin kernels
+    _check_finite_weights(model)
     if verify_images is None:
         verify = np.random.default_rng(0).random((4, *shape), dtype=np.float32)
         verify_source = "synthetic"
@@ -536,6 +648,7 @@ def export_network(
         "ops": ops,
         "op_sequence": op_sequence,
         "verify_source": verify_source,
+        "float32_copy": copied,  # a mixed-precision network, exported (and verified) as its float32 copy
     }
     with contextlib.ExitStack() as stack:
         if saved_model:

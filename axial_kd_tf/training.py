@@ -3,8 +3,11 @@
 A run directory holds::
 
     config.yaml               the resolved configuration
-    checkpoints/              best.weights.h5 (best student val mIoU), last.weights.h5, best.json
-    backup/                   BackupAndRestore state while training (removed when training completes)
+    .lock                     the PID of the process writing the run (while it runs)
+    checkpoints/              best.weights.h5 (best student val mIoU), last.weights.h5, best.json,
+                              trained.json (training finished: a resume only redoes what is missing)
+    backup/                   epoch-NNNN.weights.h5, the two newest epoch states while training (removed when
+                              training completes); a resume continues from the newest that loads
     tensorboard/              scalars (loss terms, mIoU, per-class IoU, learning rate) and image panels
     history.csv, curves.png   per-epoch logs and their plot
     model.keras               the two-output functional network (student + teacher), best epoch
@@ -15,7 +18,6 @@ A run directory holds::
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -27,7 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from axial_kd_tf.config import Config, config_from_dict, dump_config, first_difference
+from axial_kd_tf.config import Config, dump_config, first_difference
 from axial_kd_tf.data import DataBundle, load_data
 from axial_kd_tf.distill import (
     STUDENT,
@@ -39,7 +41,24 @@ from axial_kd_tf.distill import (
     teacher_network,
 )
 from axial_kd_tf.errors import UserError
-from axial_kd_tf.io_utils import atomic_write_json, atomic_write_text
+from axial_kd_tf.io_utils import atomic_write_json, atomic_write_text, check_writable_dir, disk_full_error, is_disk_full
+from axial_kd_tf.rundir import (
+    EpochBackup,
+    check_unlocked,
+    epoch_base,
+    history_rows,
+    is_empty_dir,
+    list_backups,
+    load_weights,
+    open_run_dir,
+    read_json,
+    read_trained,
+    remove_temporaries,
+    restore_backup,
+    save_weights_atomic,
+    truncate_history,
+    write_trained,
+)
 
 Progress = Callable[[str], None]
 BEST_MONITOR = "val_student_miou"
@@ -141,38 +160,43 @@ def center_crop(images: np.ndarray, size: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------- run folder
-def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, overwrite: bool) -> bool:
-    """Create or reopen ``run_dir``. Returns True when resuming an interrupted run.
+def check_run_dir(run_dir: Path, cfg: Config, resume: bool, overwrite: bool) -> bool:
+    """Check, without touching anything, that ``run_dir`` may be used; returns True when resuming.
 
     An existing run directory is never overwritten silently: it needs ``--overwrite`` (start afresh) or ``--resume``
-    (continue an interrupted run with the same configuration).
+    (continue an interrupted run with the same configuration). A directory another live process writes is refused;
+    so is a location that cannot be created or written (a file, /proc, a read-only mount).
     """
-    if run_dir.exists() and any(run_dir.iterdir()):
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run directory '{run_dir}' is a file, not a folder; choose another --run-dir")
+    if run_dir.is_dir() and not is_empty_dir(run_dir):
+        check_unlocked(run_dir)
         if overwrite:
-            shutil.rmtree(run_dir)
-        elif resume:
-            saved = run_dir / "config.yaml"
-            if not saved.is_file():
-                raise UserError(f"cannot resume '{run_dir}': it has no config.yaml; use another --run-dir")
-            previous = load_run_config(run_dir)
-            if previous.to_dict() != cfg.to_dict():
-                diff = first_difference(previous.to_dict(), cfg.to_dict())
-                raise UserError(
-                    f"cannot resume '{run_dir}': config differs from its config.yaml at '{diff}'; "
-                    "resume with the same config or use another --run-dir"
-                )
-            if (run_dir / "metrics.json").is_file():
-                raise UserError(f"run '{run_dir}' is already complete (metrics.json exists); use another --run-dir")
-            return True
-        else:
+            check_writable_dir(run_dir.parent, "the parent of run directory")
+            return False
+        if not resume:
             raise UserError(
                 f"run directory '{run_dir}' already exists; pass --resume to continue it, --overwrite to replace it, "
                 "or choose another --run-dir"
             )
-    elif resume:
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise UserError(f"cannot resume '{run_dir}': it has no config.yaml; use another --run-dir")
+        previous = load_run_config(run_dir)
+        if previous.to_dict() != cfg.to_dict():
+            diff = first_difference(previous.to_dict(), cfg.to_dict())
+            raise UserError(
+                f"cannot resume '{run_dir}': config differs from its config.yaml at '{diff}'; "
+                "resume with the same config or use another --run-dir"
+            )
+        if (run_dir / "metrics.json").is_file():
+            raise UserError(f"run '{run_dir}' is already complete (metrics.json exists); use another --run-dir")
+        check_writable_dir(run_dir, "run directory")
+        return True
+    if resume:
         raise UserError(f"cannot resume '{run_dir}': it does not exist or is empty; start it without --resume")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    check_writable_dir(run_dir, "run directory")
     return False
 
 
@@ -202,20 +226,76 @@ class ImagePanelCallback(keras.callbacks.Callback):
         self.writer.flush()
 
 
-class BestStateCallback(keras.callbacks.Callback):
-    """Records the best epoch and its monitored value in ``checkpoints/best.json`` (survives a resume)."""
+class BestCheckpoint(keras.callbacks.Callback):
+    """Saves ``checkpoints/best.weights.h5`` (atomically) when the validation student mIoU beats ``threshold``, and
+    records the epoch and value in ``checkpoints/best.json`` (survives a resume)."""
 
-    def __init__(self, path: Path, checkpoint: keras.callbacks.ModelCheckpoint) -> None:
+    def __init__(self, weights: Path, record: Path, threshold: Optional[float] = None) -> None:
         super().__init__()
-        self.path, self.checkpoint = path, checkpoint
+        self.weights, self.record, self.best = Path(weights), Path(record), threshold
 
     def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
         value = (logs or {}).get(BEST_MONITOR)
-        if value is None:
+        if value is None or not math.isfinite(float(value)):
             return
-        state = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        if not state or float(value) > state["value"]:
-            atomic_write_json(self.path, {"epoch": epoch + 1, "monitor": BEST_MONITOR, "value": float(value)})
+        if self.best is None or float(value) > self.best:
+            save_weights_atomic(self.model, self.weights)
+            atomic_write_json(self.record, {"epoch": epoch + 1, "monitor": BEST_MONITOR, "value": float(value)})
+            self.best = float(value)
+
+
+class LastCheckpoint(keras.callbacks.Callback):
+    """Saves ``checkpoints/last.weights.h5`` (atomically) at every epoch end."""
+
+    def __init__(self, weights: Path) -> None:
+        super().__init__()
+        self.weights = Path(weights)
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        save_weights_atomic(self.model, self.weights)
+
+
+class TrainingDiverged(UserError):
+    """The training loss (or the validation loss) became NaN or infinite."""
+
+
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Stops training at the first step whose loss is NaN or infinite, with one line naming the step.
+
+    The check runs after every batch (Keras' running mean of the loss turns non-finite with the first bad batch)
+    and, for the validation loss, at the epoch end — first in the callback list, so nothing of the bad epoch is
+    written: the checkpoints and the backup of the last good epoch stay as they were.
+    """
+
+    def __init__(self, learning_rate: float, steps_per_epoch: int) -> None:
+        super().__init__()
+        self.learning_rate, self.steps_per_epoch = float(learning_rate), int(steps_per_epoch)
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: Optional[dict] = None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            step = self.epoch * self.steps_per_epoch + batch + 1
+            raise self._error(f"the loss became {float(loss)} at epoch {self.epoch + 1}, step {batch + 1}/"
+                              f"{self.steps_per_epoch} (optimizer step {step})")
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        for key in ("loss", "val_loss"):
+            value = (logs or {}).get(key)
+            if value is not None and not math.isfinite(float(value)):
+                raise self._error(f"the {'validation ' if key == 'val_loss' else ''}loss became {float(value)} in "
+                                  f"epoch {epoch + 1}")
+
+    def _error(self, what: str) -> TrainingDiverged:
+        lr = self.learning_rate
+        advice = f"lower train.learning_rate (now {lr:g}, try {lr / 10:g})"
+        if self.epoch:
+            return TrainingDiverged(f"training diverged: {what}; {advice} and rerun with --overwrite or another "
+                                    f"--run-dir; the checkpoints and backup of epoch {self.epoch} are kept")
+        return TrainingDiverged(f"training diverged: {what}; {advice}; no epoch had finished, so nothing is kept")
 
 
 class TeacherDiagnostics(keras.callbacks.Callback):
@@ -349,11 +429,18 @@ def train(
     overwrite: bool = False,
     progress: Progress = print,
     extra_callbacks: tuple = (),
+    force: bool = False,
 ) -> dict:
-    """Train ``cfg`` into ``run_dir`` and return the metrics written to ``metrics.json``."""
+    """Train ``cfg`` into ``run_dir`` and return the metrics written to ``metrics.json``.
+
+    Everything that can be checked is checked before the run directory is created: the run directory itself, the
+    data, the model build, the input sizes and the memory estimate (``force`` turns a memory error into a warning).
+    A new run that fails before its first epoch is committed is removed again. ``resume`` continues from the newest
+    epoch backup that loads, and after a finished training only redoes what is missing (models, metrics, export).
+    """
     run_dir = Path(run_dir)
     t0 = time.time()
-    resuming = prepare_run_dir(run_dir, cfg, resume, overwrite)
+    resuming = check_run_dir(run_dir, cfg, resume, overwrite)
     previous_policy = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
     try:
@@ -368,63 +455,192 @@ def train(
         size = cfg.data.crop_size or min(data.train_images.shape[1:3])
         jit = resolve_jit_compile(cfg.train.jit_compile, model, (size, size, data.in_channels), progress)
         trainer.compile(optimizer=make_optimizer(cfg, spe * cfg.train.epochs), jit_compile=jit)
+        data.train_dataset(cfg.train.batch_size, cfg.data.seed, cfg.data.crop_size, cfg.data.augment)  # checks sizes
+        _preflight(cfg, model, data, force, progress)
         n_student = student_network(model).count_params()
         progress(
             f"[model] {cfg.model.arch}: {n_student:,} student params, {model.count_params() - n_student:,} teacher params"
             f" ({'distillation' if cfg.distill.enabled else 'baseline'} mode, {cfg.train.mixed_precision})"
         )
-        watch = ClassWatch(data.class_names, progress)
-        callbacks = _callbacks(cfg, run_dir, data, resuming) + [watch] + list(extra_callbacks)
+        with open_run_dir(run_dir, dump_config(cfg), resuming, overwrite, progress):
+            try:
+                return _run(cfg, run_dir, data, model, trainer, spe, resuming, progress, extra_callbacks, t0)
+            except OSError as exc:  # history.csv, TensorBoard, the models: a full disk is one line too
+                if is_disk_full(exc):
+                    raise disk_full_error(exc.filename) from None
+                raise
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _preflight(cfg: Config, model: keras.Model, data: DataBundle, force: bool, progress: Progress) -> None:
+    """Input sizes against the network's output stride, then the memory estimate against the machine."""
+    from axial_kd_tf.preflight import check_input_sizes, check_memory, data_nbytes, estimate_memory
+
+    network = student_network(model)
+    train_hw = (cfg.data.crop_size,) * 2 if cfg.data.crop_size else tuple(data.train_images.shape[1:3])
+    val_images = data.split("val")[0]
+    val_hw = tuple(val_images.shape[1:3]) if len(val_images) else None
+    multiple = check_input_sizes(cfg, network, train_hw, val_hw)
+    estimate = estimate_memory(cfg, network, train_hw, val_hw, multiple=multiple,
+                               data_bytes=data_nbytes(data.train_images, data.train_masks, *data.split("val")))
+    check_memory(cfg, estimate, force=force, progress=progress)
+
+
+def _run(cfg: Config, run_dir: Path, data: DataBundle, model: keras.Model, trainer: DistillationTrainer, spe: int,
+         resuming: bool, progress: Progress, extra_callbacks: tuple, t0: float) -> dict:
+    """The part of :func:`train` that writes into the (locked) run directory."""
+    n_student = student_network(model).count_params()
+    if resuming:
+        remove_temporaries(run_dir)
+    trained = read_trained(run_dir, cfg.train.epochs) if resuming else None
+    if resuming and trained is None and (run_dir / "model.keras").is_file() and not list_backups(run_dir):
+        # model.keras is only written after the training: a run of an older version (no trained.json) whose
+        # training finished but whose export failed.
+        trained = {"epochs": cfg.train.epochs, "train_wall_time_s": None}
+        write_trained(run_dir, trained)
+    watch = ClassWatch(data.class_names, progress)
+    if trained is None:
+        initial_epoch = restore_backup(trainer, run_dir, progress) if resuming else 0
+        if resuming:
+            truncate_history(run_dir / "history.csv", initial_epoch)
+            progress(f"[resume] continuing '{run_dir}' after epoch {initial_epoch}" if initial_epoch else
+                     f"[resume] '{run_dir}' has no finished epoch; training starts at epoch 1")
+        threshold = _best_threshold(run_dir, progress) if initial_epoch else None
+        backup = EpochBackup(run_dir)
+        callbacks = ([NonFiniteGuard(cfg.train.learning_rate, spe)] + _callbacks(cfg, run_dir, data, initial_epoch > 0,
+                                                                                 threshold)
+                     + [backup, watch] + list(extra_callbacks))
         if cfg.logging.verbose == 1:  # within an epoch (a bar on a terminal, timed lines otherwise), then per epoch
             from axial_kd_tf.progress import StepProgress
 
             val_steps = math.ceil(len(data.split("val")[0]) / cfg.train.batch_size)
             callbacks.append(StepProgress.for_console(spe, progress, cfg.logging.progress_seconds, val_steps))
             callbacks.append(EpochProgress(progress))
-        train_ds = data.train_dataset(cfg.train.batch_size, cfg.data.seed, cfg.data.crop_size, cfg.data.augment)
+        # A resumed run skips the batches of the finished epochs: the same samples and augmentations follow.
+        train_ds = data.train_dataset(cfg.train.batch_size, cfg.data.seed, cfg.data.crop_size, cfg.data.augment,
+                                      skip_batches=initial_epoch * spe)
         val_ds = data.eval_dataset("val", cfg.train.batch_size)
         progress(f"[train] {cfg.train.epochs} epochs × {spe} steps, run dir {run_dir}")
         trainer.fit(
-            train_ds, epochs=cfg.train.epochs, steps_per_epoch=spe, validation_data=val_ds,
-            callbacks=callbacks, verbose=2 if cfg.logging.verbose >= 2 else 0, shuffle=False,  # tf.data shuffles
+            train_ds, epochs=cfg.train.epochs, initial_epoch=initial_epoch, steps_per_epoch=spe,
+            validation_data=val_ds, callbacks=callbacks, verbose=2 if cfg.logging.verbose >= 2 else 0,
+            shuffle=False,  # tf.data shuffles
         )
         train_time = time.time() - t0
-        best_path = run_dir / "checkpoints" / "best.weights.h5"
-        if best_path.is_file():
-            trainer.load_weights(best_path)
-        best = json.loads((run_dir / "checkpoints" / "best.json").read_text())
-        _save_models(run_dir, model)
-        _write_curves(run_dir)
-        from axial_kd_tf.evaluation import evaluate_split, metrics_payload
+        write_trained(run_dir, {"epochs": cfg.train.epochs, "train_wall_time_s": round(train_time, 1),
+                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        backup.remove()
+    else:
+        progress(f"[resume] training of '{run_dir}' finished earlier; only the missing steps are redone")
+        train_time = float(trained.get("train_wall_time_s") or 0.0)
+    best_epoch = _load_final_weights(trainer, run_dir, cfg.train.epochs, progress, trained_now=trained is None)
+    _save_models(run_dir, model)
+    _write_curves(run_dir)
+    from axial_kd_tf.evaluation import evaluate_split, metrics_payload
 
-        images, masks = data.split("val")
-        cms = evaluate_split(KerasPredictor(model), images, masks, data.num_classes, cfg.train.batch_size)
-        metrics = metrics_payload(cms, data.class_names, split="val")
-        metrics.update(
-            best_epoch=best["epoch"], epochs=cfg.train.epochs, mode="distillation" if cfg.distill.enabled else "baseline",
-            train_wall_time_s=round(train_time, 1), student_params=n_student,
-            teacher_params=model.count_params() - n_student, class_warnings=watch.warnings,
-        )
-        if cfg.export.enabled:
+    images, masks = data.split("val")
+    cms = evaluate_split(KerasPredictor(model), images, masks, data.num_classes, cfg.train.batch_size)
+    metrics = metrics_payload(cms, data.class_names, split="val")
+    metrics.update(
+        best_epoch=best_epoch, epochs=cfg.train.epochs, mode="distillation" if cfg.distill.enabled else "baseline",
+        train_wall_time_s=round(train_time, 1), student_params=n_student,
+        teacher_params=model.count_params() - n_student, class_warnings=watch.warnings,
+    )
+    if cfg.export.enabled:
+        if export_complete(run_dir, cfg):
+            progress(f"[export] {run_dir / 'export'} is complete; not exported again")
+        else:
             export_run(run_dir, cfg, model=model, data=data, progress=progress)
-        metrics["total_wall_time_s"] = round(time.time() - t0, 1)
-        _write_metrics(run_dir, metrics, data.class_names)
-        progress(f"[done] {run_dir} in {metrics['total_wall_time_s']:.0f}s: " + ", ".join(
-            f"{k} mIoU {v['miou'] * 100:.2f}" for k, v in metrics["outputs"].items() if v["miou"] is not None))
-        return metrics
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
+    metrics["total_wall_time_s"] = round(time.time() - t0, 1)
+    _write_metrics(run_dir, metrics, data.class_names)
+    progress(f"[done] {run_dir} in {metrics['total_wall_time_s']:.0f}s: " + ", ".join(
+        f"{k} mIoU {v['miou'] * 100:.2f}" for k, v in metrics["outputs"].items() if v["miou"] is not None))
+    return metrics
 
 
-def _callbacks(cfg: Config, run_dir: Path, data: DataBundle, resuming: bool) -> list:
+def _best_threshold(run_dir: Path, progress: Progress) -> Optional[float]:
+    """The best validation mIoU so far, from ``checkpoints/best.json`` or, when that is unreadable, from
+    ``history.csv`` (then best.json is rewritten). None when there is no best checkpoint to beat."""
+    record, weights = run_dir / "checkpoints" / "best.json", run_dir / "checkpoints" / "best.weights.h5"
+    info = read_json(record)
+    if isinstance(info, dict) and isinstance(info.get("value"), (int, float)) and isinstance(info.get("epoch"), int):
+        return float(info["value"])
+    if record.exists():
+        progress(f"note: '{record}' is unreadable; the best value so far is taken from history.csv")
+    if not weights.is_file():
+        return None
+    epoch, value = _best_from_history(run_dir)
+    if value is None:
+        return None
+    atomic_write_json(record, {"epoch": epoch, "monitor": BEST_MONITOR, "value": value})
+    return value
+
+
+def _best_from_history(run_dir: Path) -> tuple[Optional[int], Optional[float]]:
+    """(1-based epoch, value) of the best validation student mIoU in ``history.csv``; (None, None) when unknown."""
+    best: tuple[Optional[int], Optional[float]] = (None, None)
+    rows = history_rows(run_dir / "history.csv")
+    try:
+        base = epoch_base(int(rows[0]["epoch"]))
+    except (IndexError, KeyError, TypeError, ValueError):
+        base = 0
+    for row in rows:
+        try:
+            epoch, value = int(row["epoch"]) - base + 1, float(row[BEST_MONITOR])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if math.isfinite(value) and (best[1] is None or value > best[1]):
+            best = (epoch, value)
+    return best
+
+
+def _load_final_weights(trainer: DistillationTrainer, run_dir: Path, epochs: int, progress: Progress,
+                        trained_now: bool) -> int:
+    """Load the best checkpoint (falling back to the last one, saying so); returns its 1-based epoch."""
+    ckpt = run_dir / "checkpoints"
+    info = read_json(ckpt / "best.json")
+    best_epoch = info.get("epoch") if isinstance(info, dict) and isinstance(info.get("epoch"), int) else None
+    if best_epoch is None:
+        best_epoch = _best_from_history(run_dir)[0]
+    for path, epoch in ((ckpt / "best.weights.h5", best_epoch or epochs), (ckpt / "last.weights.h5", epochs)):
+        if not path.is_file():
+            continue
+        try:
+            load_weights(trainer, path)
+        except Exception as exc:  # truncated or corrupt file
+            progress(f"note: checkpoint '{path}' does not load ({type(exc).__name__}); trying the next one")
+            continue
+        if path.name == "last.weights.h5" and (ckpt / "best.weights.h5").exists():
+            progress(f"note: using the last epoch's weights ('{path}') instead of the best checkpoint")
+        return epoch
+    if trained_now:  # no validation ran (nothing to pick a best from): the final weights are in memory
+        return epochs
+    raise UserError(f"no checkpoint of the finished training in '{ckpt}' loads; rerun with --overwrite")
+
+
+def export_complete(run_dir: Path, cfg: Config) -> bool:
+    """Whether ``export/`` holds everything ``cfg.export`` asks for (so a resumed run does not export again)."""
+    report = read_json(Path(run_dir) / "export" / "export_report.json")
+    if not isinstance(report, dict) or not isinstance(report.get("networks"), dict):
+        return False
+    size = export_input_size(cfg)
+    if list(report.get("input_shape", []))[:2] != [size, size]:
+        return False
+    for name in ["student"] + (["teacher"] if cfg.export.teacher else []):
+        rep = report["networks"].get(name)
+        if not isinstance(rep, dict) or not rep.get("saved_model") or not Path(rep["saved_model"]).is_dir():
+            return False
+        variants = rep.get("variants") or {}
+        if any(v not in variants or not Path(variants[v].get("path", "")).is_file() for v in cfg.export.variants):
+            return False
+    return True
+
+
+def _callbacks(cfg: Config, run_dir: Path, data: DataBundle, resuming: bool, threshold: Optional[float]) -> list:
+    """The writers of an epoch, in order (the epoch backup, the commit point, goes after all of them)."""
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
-    best_json = ckpt_dir / "best.json"
-    threshold = json.loads(best_json.read_text())["value"] if (resuming and best_json.is_file()) else None
-    best = keras.callbacks.ModelCheckpoint(
-        str(ckpt_dir / "best.weights.h5"), monitor=BEST_MONITOR, mode="max", save_best_only=True,
-        save_weights_only=True, initial_value_threshold=threshold,
-    )
     callbacks: list = []
     if cfg.distill.enabled:
         # First: it adds the gate and gradient shares to the logs that the callbacks below write.
@@ -433,10 +649,8 @@ def _callbacks(cfg: Config, run_dir: Path, data: DataBundle, resuming: bool) -> 
         probe_masks = center_crop(np.asarray(data.train_masks[:n])[..., None], size)[..., 0]
         callbacks.append(TeacherDiagnostics(center_crop(data.train_images[:n], size), probe_masks))
     callbacks += [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=True),
-        best,
-        BestStateCallback(best_json, best),
-        keras.callbacks.ModelCheckpoint(str(ckpt_dir / "last.weights.h5"), save_weights_only=True),
+        BestCheckpoint(ckpt_dir / "best.weights.h5", ckpt_dir / "best.json", threshold),
+        LastCheckpoint(ckpt_dir / "last.weights.h5"),
         HistoryCSV(str(run_dir / "history.csv"), append=resuming),
     ]
     if cfg.logging.tensorboard:
@@ -513,6 +727,12 @@ def export_run(
     if data is None:
         data = load_data(cfg)
     size = export_input_size(cfg)
+    from axial_kd_tf.preflight import network_size_multiple, size_error
+
+    multiple = network_size_multiple(student_network(model))
+    if size % multiple:
+        raise size_error("the export input size (export.input_size, or --input-size of the export command)", size,
+                         multiple, cfg.model.arch)
     shape = (size, size, data.in_channels)
     e = cfg.export
     verify = center_crop(data.split("val")[0][: e.verify_samples], size)

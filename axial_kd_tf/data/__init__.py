@@ -32,7 +32,10 @@ class DataBundle:
             raise UserError(f"split '{name}' is not available; choose one of: train, {', '.join(self.splits)}")
         return self.splits[name]
 
-    def train_dataset(self, batch_size: int, seed: int, crop_size: Optional[int], augment: bool) -> "tf.data.Dataset":
+    def train_dataset(self, batch_size: int, seed: int, crop_size: Optional[int], augment: bool,
+                      skip_batches: int = 0) -> "tf.data.Dataset":
+        """The endless, shuffled and augmented training stream; ``skip_batches`` continues it after that many
+        batches exactly as an uninterrupted run would (a resumed run skips the batches of its finished epochs)."""
         from axial_kd_tf.data.pipeline import build_dataset
 
         if batch_size > len(self.train_images):
@@ -41,7 +44,7 @@ class DataBundle:
             )
         return build_dataset(
             self.train_images, self.train_masks, batch_size, training=True, seed=seed, crop_size=crop_size,
-            augment=augment, repeat=True,
+            augment=augment, repeat=True, skip=int(skip_batches) * int(batch_size),
         )
 
     def eval_dataset(self, name: str, batch_size: int) -> "tf.data.Dataset":

@@ -71,7 +71,8 @@ def _augment(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, crop_size: int 
 
 
 def build_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int, training: bool, seed: int = 0,
-                  crop_size: int | None = None, augment: bool = True, repeat: bool = False) -> tf.data.Dataset:
+                  crop_size: int | None = None, augment: bool = True, repeat: bool = False,
+                  skip: int = 0) -> tf.data.Dataset:
     """Batch in-memory images and masks into a ``tf.data.Dataset`` of ``(image, mask)``.
 
     Args:
@@ -85,6 +86,8 @@ def build_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int, traini
         crop_size: side of the square random training crop (same window for image and mask); ``None`` = no crop.
         augment: random horizontal / vertical flips and 90-degree rotations (rotations only for square inputs).
         repeat: repeat indefinitely (before batching, so batches run across epoch boundaries).
+        skip: training only: start after this many samples of the (repeated) stream, with the same shuffle order
+            and augmentation as the uninterrupted stream — how a resumed run continues exactly where it stopped.
 
     Returns:
         Dataset yielding ``(float32 [B, h, w, C], int32 [B, h, w])``.
@@ -112,7 +115,10 @@ def build_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int, traini
             element_seed = tf.stack([base, index])
             return _augment(sample[0], sample[1], element_seed, crop, augment, allow_rot90)
 
-        ds = ds.enumerate().map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.enumerate()
+        if skip:  # before the map: skipped samples are neither augmented nor copied twice
+            ds = ds.skip(int(skip))
+        ds = ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.batch(batch_size, drop_remainder=True)
     else:
         if repeat:
