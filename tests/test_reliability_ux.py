@@ -327,7 +327,7 @@ def test_step_progress_draws_a_bar_on_a_terminal():
 
 def test_training_reports_progress_within_the_epoch(tiny_run):
     _, lines = tiny_run
-    steps = [line for line in lines if " step " in line]
+    steps = [line for line in lines if line.startswith("epoch ") and " step " in line]
     assert steps and steps[0].startswith("epoch 1/2 step 1/1 (100%) loss ")
 
 
