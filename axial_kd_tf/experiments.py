@@ -1029,6 +1029,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         return _worker(argv[1])
     args = build_parser().parse_args(argv)
     quiet.configure(args.verbose)  # also for the worker processes
+    quiet.import_tensorflow(args.verbose)  # resolving the architectures imports the zoo, hence Keras and TensorFlow
     grid = resolve_grid(args)
     plan, root, split = grid.plan, grid.root, grid.split
     prefix = aggregate_prefix(split)

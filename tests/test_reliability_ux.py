@@ -341,6 +341,17 @@ def test_cli_output_has_no_tensorflow_startup_noise(tiny_run):
     assert proc.stderr == "", proc.stderr[-3000:]  # no oneDNN / cuda / absl / XNNPACK lines
 
 
+def test_experiments_runner_has_no_tensorflow_startup_noise(tmp_path):
+    # Resolving the grid imports the zoo (Keras, TensorFlow): that import must be the quiet one.
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "AXIAL_KD_VERBOSE")}
+    proc = subprocess.run([sys.executable, "-m", "axial_kd_tf.experiments", "--config", "quickstart",
+                           "--archs", "linknet", "--seeds", "1", "--dry-run", "--out", str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[grid] 2 runs" in proc.stdout
+    assert proc.stderr == "", proc.stderr[-3000:]
+
+
 def test_verbose_restores_tensorflow_logging(monkeypatch):
     from axial_kd_tf import quiet
 
