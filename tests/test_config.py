@@ -60,6 +60,26 @@ def test_defaults_load_without_a_file():
     assert cfg.train.epochs >= 1 and cfg.train.learning_rate > 0
 
 
+# The loss and teacher settings the teacher study chose (docs/method.md), which every shipped distillation config
+# follows; the study's own base config pins the paper's form instead, so it is exempt.
+STUDY_CHOICE = {"distill.target": "kl", "distill.temperature": 2.0, "distill.mask": "teacher_correct",
+                "teacher.detach_input": True}
+
+
+@pytest.mark.parametrize("path", [p for p in ALL_CONFIGS if "studies" not in p.parts], ids=lambda p: p.stem)
+def test_shipped_configs_use_the_studys_teacher_and_loss(path: Path):
+    cfg = load_config(path).to_dict()
+    if not cfg["distill"]["enabled"]:
+        return
+    got = {k: cfg[k.split(".")[0]][k.split(".")[1]] for k in STUDY_CHOICE}
+    assert got == STUDY_CHOICE, f"{path.name} differs from the library's study-chosen defaults"
+
+
+def test_library_defaults_are_the_studys_choice():
+    cfg = Config().to_dict()
+    assert {k: cfg[k.split(".")[0]][k.split(".")[1]] for k in STUDY_CHOICE} == STUDY_CHOICE
+
+
 def test_quickstart_and_baseline_differ_only_in_distillation_and_name():
     a, b = load_config("quickstart").to_dict(), load_config("quickstart_baseline").to_dict()
     assert a["distill"]["enabled"] is True and b["distill"]["enabled"] is False

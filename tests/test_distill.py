@@ -251,7 +251,7 @@ def test_distill_weight_warmup_ramps_linearly():
 
 def test_gradient_diagnostics():
     x, y = _batch(4)
-    trainer = _trainer()
+    trainer = _trainer(target="logits", temperature=1.0, mask="none")  # exact zeros: the MSE's gradient at t = s
     # Gate 0: the teacher is the student, the distillation term has no gradient.
     assert trainer.gradient_diagnostics(x, y)["distill_grad_share"] == 0.0
     trainer.network.get_layer("axial_teacher_head").gate.assign(1.0)

@@ -49,7 +49,8 @@ class AxialTeacherHead(keras.layers.Layer):
         use_normalization: folded BatchNorms inside the axial passes.
         pool_size: average-pool factor before attention (1 = full resolution).
         detach_input: stop the gradient from the teacher back into the student logits, so the teacher's loss trains
-            the head only and the student learns from the teacher through the distillation term alone.
+            the head only and the student learns from the teacher through the distillation term alone. True by
+            default since the teacher study (docs/method.md); False is the paper's form.
         residual: ``teacher = student + gate · branch`` (True) or ``teacher = branch`` (False, the direct head).
         gate_init: initial value of the residual gate (0: the teacher starts as the student).
         gate_trainable: learn the gate (True) or keep it at ``gate_init`` (a fixed residual weight).
@@ -67,7 +68,7 @@ class AxialTeacherHead(keras.layers.Layer):
         use_positional_encoding: bool = True,
         use_normalization: bool = True,
         pool_size: int = 1,
-        detach_input: bool = False,
+        detach_input: bool = True,
         residual: bool = True,
         gate_init: float = 0.0,
         gate_trainable: bool = True,
