@@ -100,6 +100,7 @@ def test_apply_round_trips_values_through_apply_override():
 
 @pytest.mark.parametrize("path", sorted((CONFIG_DIR / "studies").glob("*.variants.yaml")), ids=lambda p: p.name)
 def test_shipped_variant_files_are_valid(path):
+    # <base>[.<tag>].variants.yaml is validated against <base>.yaml beside it
     variants = build_variants(variants_file=path)
     assert variants and all(v.dirname == v.name for v in variants)  # the names are folder names already
-    validate_variants(load_config(path.with_name(path.name.replace(".variants", ""))).to_dict(), variants, str(path))
+    validate_variants(load_config(path.with_name(path.name.split(".")[0] + ".yaml")).to_dict(), variants, str(path))
