@@ -51,8 +51,9 @@ class AdaptiveAvgPool2D(keras.layers.Layer):
     """PyTorch ``nn.AdaptiveAvgPool2d((size, size))`` for NHWC tensors of any (also unknown) height and width.
 
     The bins are rectangles, so the pooling is separable: ``out = P_h · x · P_wᵀ`` with the averaging matrices of
-    :func:`adaptive_pool_matrix`, computed from the static shape, or the runtime one in a TensorFlow graph of unknown size (two batched matmuls and transposes, all ≤ 4-D:
-    TFLite ``BATCH_MATMUL``/``TRANSPOSE``; ``size=1`` is a plain ``MEAN``).
+    :func:`adaptive_pool_matrix`, computed from the static shape (from the runtime one in a TensorFlow graph of
+    unknown size): two batched matmuls and transposes, all ≤ 4-D (TFLite ``BATCH_MATMUL``/``TRANSPOSE``; ``size=1``
+    is a plain ``MEAN``).
     """
 
     def __init__(self, output_size: int, **kwargs: Any) -> None:
