@@ -50,7 +50,7 @@ def build_subject(name: str) -> keras.Model:
         inputs = keras.Input((None, None, 4))
         return keras.Model(inputs, AxialAttention("width", num_heads=2, key_dim=4, value_dim=2, max_span=8)(inputs))
     inputs = keras.Input((None, None, K))
-    head = AxialTeacherHead(K, hidden_dim=8, num_heads=2, pool_size=2, gate_init=0.5, num_blocks=2)
+    head = AxialTeacherHead(K, hidden_dim=8, num_heads=2, pool_size=2, gate_init=0.5, num_blocks=2, detach_input=False)
     return keras.Model(inputs, head(inputs))
 
 
