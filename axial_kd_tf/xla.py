@@ -1,10 +1,10 @@
 """Can XLA compile this model's training step here? (``train.jit_compile``)
 
-XLA has no kernel for some ops on some devices: on CPU, ``ResizeNearestNeighborGrad`` (the gradient of the zoo
-U-Net's nearest upsampling) is one, so ``--set model.arch=unet`` with the XLA-enabled quickstart crashed in the first
-step. :func:`xla_unsupported_ops` asks the XLA bridge to lower the model's forward and backward pass to HLO without
-running it (about 2 s for a ResNet-18 U-Net on this CPU), and :func:`resolve_jit_compile` turns XLA off with a one-line
-note when that fails.
+XLA has no kernel for some ops on some devices: on CPU, ``ResizeNearestNeighborGrad`` (the gradient of TensorFlow's
+nearest resize) is one, so a network that upsamples with it cannot train with XLA there (the zoo's decoders did until
+issue 10; they now resize with keras.ops, which XLA compiles). :func:`xla_unsupported_ops` asks the XLA bridge to
+lower the model's forward and backward pass to HLO without running it (about 2 s for a ResNet-18 U-Net on this CPU),
+and :func:`resolve_jit_compile` turns XLA off with a one-line note when that fails.
 """
 
 from __future__ import annotations

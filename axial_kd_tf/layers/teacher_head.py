@@ -144,7 +144,10 @@ class AxialTeacherHead(keras.layers.Layer):
             h = y if i == 0 else h + y
         if self.pool_size > 1:
             shape = ops.shape(x)
-            h = ops.image.resize(h, (shape[1], shape[2]), interpolation="bilinear")
+            # In float32, cast back: TensorFlow's bilinear resize returns float32 for bfloat16 input (same values),
+            # and XLA then rejects the step's gradient (a float32 ResizeBilinearGrad meeting a bfloat16 ReluGrad).
+            h = ops.cast(ops.image.resize(ops.cast(h, "float32"), (shape[1], shape[2]), interpolation="bilinear"),
+                         h.dtype)
         return self.out_proj(h)
 
     def call(self, student_logits: Any, training: bool | None = None) -> Any:

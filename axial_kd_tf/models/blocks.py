@@ -14,8 +14,9 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import keras
-import tensorflow as tf
 from keras import ops
+
+from axial_kd_tf.errors import UserError
 
 BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
 BN_EPSILON = 1e-5
@@ -51,13 +52,120 @@ def conv_bn_relu(
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
+def spatial_size(x: Any) -> tuple[Any, Any]:
+    """``(H, W)`` of an NHWC tensor: Python ints where the shape is static (always under JAX and PyTorch, and in
+    TensorFlow graphs traced at a known size), scalar int32 tensors where it is not (TensorFlow graphs traced with
+    unknown sizes)."""
+    shape = ops.shape(x)
+    return shape[1], shape[2]
+
+
+def _is_static(*sizes: Any) -> bool:
+    return all(isinstance(s, int) for s in sizes)
+
+
+def _source_coords(in_size: Any, out_size: Any, align_corners: bool, half_pixel: bool) -> Any:
+    """Float32 source coordinate of every output row (or column), computed as TensorFlow's resize kernels do.
+
+    TF's ``CalculateResizeScale``: ``(in − 1)/(out − 1)`` with ``align_corners`` (and ``out > 1``), else
+    ``in/out``, in float32; then ``i·scale`` (legacy) or ``(i + ½)·scale − ½`` (half-pixel centres).
+    """
+    in_f = ops.cast(in_size, "float32")
+    out_f = ops.cast(out_size, "float32")
+    if align_corners:
+        scale = ops.where(out_f > 1, (in_f - 1) / ops.maximum(out_f - 1, 1), in_f / out_f)
+    else:
+        scale = in_f / out_f
+    i = ops.cast(ops.arange(out_size, dtype="int32"), "float32")
+    return (i + 0.5) * scale - 0.5 if half_pixel else i * scale
+
+
+def nearest_indices(in_size: Any, out_size: Any, align_corners: bool = False) -> Any:
+    """Source index of every output row of TensorFlow's ``ResizeNearestNeighbor`` (``half_pixel_centers=False``):
+    ``min(floor(i·scale), in − 1)``, or ``roundf`` (half away from zero) with ``align_corners``.
+
+    PyTorch's ``"nearest"`` is the same ``floor(i·in/out)`` rule.
+    """
+    src = _source_coords(in_size, out_size, align_corners, half_pixel=False)
+    index = ops.floor(src)
+    if align_corners:  # roundf for src >= 0, exactly (floor(src + 0.5) can round up at src = 0.5 − ulp)
+        index = index + ops.cast(src - index >= 0.5, "float32")
+    return ops.minimum(ops.cast(index, "int32"), in_size - 1)
+
+
+def bilinear_weights(in_size: Any, out_size: Any, align_corners: bool = False) -> tuple[Any, Any, Any]:
+    """``(lower, upper, lerp)`` per output row of TensorFlow's ``ResizeBilinear`` (its
+    ``compute_interpolation_weights``): half-pixel centres unless ``align_corners``, ``lower = max(floor(src), 0)``,
+    ``upper = min(ceil(src), in − 1)``, ``lerp = src − floor(src)``."""
+    src = _source_coords(in_size, out_size, align_corners, half_pixel=not align_corners)
+    floor = ops.floor(src)
+    lower = ops.maximum(ops.cast(floor, "int32"), 0)
+    upper = ops.minimum(ops.cast(ops.ceil(src), "int32"), in_size - 1)
+    return lower, upper, src - floor
+
+
+def repeat_upsample(x: Any, factor_h: int, factor_w: int) -> Any:
+    """Nearest upsampling of ``[B, H, W, C]`` by integer factors: every pixel repeated ``factor_h × factor_w``.
+
+    Equal to ``ResizeNearestNeighbor`` to ``(H·factor_h, W·factor_w)`` (``floor(i·in/out) = i // factor``), but
+    built from repeat (broadcast + reshape), whose gradient is a reshape and a sum that XLA compiles on every device
+    (XLA has no CPU kernel for ``ResizeNearestNeighborGrad``).
+    """
+    if factor_h > 1:
+        x = ops.repeat(x, factor_h, axis=1)
+    if factor_w > 1:
+        x = ops.repeat(x, factor_w, axis=2)
+    return x
+
+
+def resize_nearest(x: Any, size: tuple[Any, Any], align_corners: bool = False) -> Any:
+    """TensorFlow's ``ResizeNearestNeighbor(half_pixel_centers=False)`` of ``[B, H, W, C]`` to ``size`` in keras.ops.
+
+    Integer factors known when the graph is traced use :func:`repeat_upsample`; other sizes (or unknown ones)
+    gather the rows and columns of :func:`nearest_indices`. Exactly the old op's values (data movement only).
+    """
+    (in_h, in_w), (out_h, out_w) = spatial_size(x), size
+    if not align_corners and _is_static(in_h, in_w, out_h, out_w) and out_h % in_h == 0 and out_w % in_w == 0:
+        return repeat_upsample(x, out_h // in_h, out_w // in_w)
+    x = ops.take(x, nearest_indices(in_h, out_h, align_corners), axis=1)
+    return ops.take(x, nearest_indices(in_w, out_w, align_corners), axis=2)
+
+
+def resize_bilinear(x: Any, size: tuple[Any, Any], align_corners: bool = False) -> Any:
+    """TensorFlow's ``ResizeBilinear`` (half-pixel centres unless ``align_corners``) of ``[B, H, W, C]`` to
+    ``size`` in keras.ops, computed in float32 as that op does, then cast back to ``x``'s dtype.
+
+    Gathers the two source rows and columns of :func:`bilinear_weights` and interpolates in the kernel's order
+    (``top = tl + (tr − tl)·x_lerp``, the same for the bottom, ``top + (bottom − top)·y_lerp``), so the values are
+    the op's; the gradient is a scatter-add, which XLA compiles, and all dtypes stay consistent under mixed
+    precision (the op returned float32 for bfloat16 inputs, which broke XLA's bfloat16 gradient).
+    """
+    dtype = x.dtype
+    (in_h, in_w), (out_h, out_w) = spatial_size(x), size
+    x = ops.cast(x, "float32")
+    y0, y1, y_lerp = bilinear_weights(in_h, out_h, align_corners)
+    x0, x1, x_lerp = bilinear_weights(in_w, out_w, align_corners)
+    y_lerp = ops.reshape(y_lerp, (1, -1, 1, 1))
+    x_lerp = ops.reshape(x_lerp, (1, 1, -1, 1))
+    rows0, rows1 = ops.take(x, y0, axis=1), ops.take(x, y1, axis=1)
+    top_left, top_right = ops.take(rows0, x0, axis=2), ops.take(rows0, x1, axis=2)
+    bottom_left, bottom_right = ops.take(rows1, x0, axis=2), ops.take(rows1, x1, axis=2)
+    top = top_left + (top_right - top_left) * x_lerp
+    bottom = bottom_left + (bottom_right - bottom_left) * x_lerp
+    return ops.cast(top + (bottom - top) * y_lerp, dtype)
+
+
 @keras.saving.register_keras_serializable(package="axial_kd_tf")
 class Resize(keras.layers.Layer):
     """Resize ``[B, H, W, C]`` by an integer ``scale`` or to the spatial size of a second ``like`` input.
 
     ``interpolation`` is ``"nearest"`` or ``"bilinear"``; ``align_corners=True`` reproduces PyTorch's
-    ``nn.Upsample(..., align_corners=True)`` / ``F.interpolate(..., align_corners=True)``. Works with unknown sizes
-    and converts to the builtin TFLite ops ``RESIZE_NEAREST_NEIGHBOR`` / ``RESIZE_BILINEAR``.
+    ``nn.Upsample(..., align_corners=True)`` / ``F.interpolate(..., align_corners=True)``. Computes exactly what
+    TensorFlow's ``ResizeNearestNeighbor`` / ``ResizeBilinear`` ops compute (PyTorch's "nearest" picks
+    ``floor(dst · in/out)``, no half-pixel centres; its bilinear uses half-pixel centres unless ``align_corners``),
+    but in keras.ops (:func:`resize_nearest`, :func:`resize_bilinear`): it runs on every Keras backend, XLA
+    compiles its gradient on CPU, in float32 and bfloat16, and it converts to builtin TFLite ops. Works with unknown
+    sizes.
     """
 
     def __init__(self, scale: Optional[int] = None, interpolation: str = "nearest", align_corners: bool = False,
@@ -70,19 +178,13 @@ class Resize(keras.layers.Layer):
         self.align_corners = bool(align_corners)
 
     def call(self, inputs: Any, like: Any = None) -> Any:
-        if like is not None:
-            size = ops.shape(like)[1:3]
-        else:
-            shape = ops.shape(inputs)
-            size = (shape[1] * self.scale, shape[2] * self.scale)
-        size = ops.cast(ops.stack(size), "int32")
-        # The raw ops carry PyTorch's align_corners flag (keras.ops.image.resize has none).
-        op = tf.raw_ops.ResizeBilinear if self.interpolation == "bilinear" else tf.raw_ops.ResizeNearestNeighbor
-        # PyTorch's "nearest" picks floor(dst · in/out) (no half-pixel centres; that is "nearest-exact"), and its
-        # bilinear uses half-pixel centres unless align_corners.
-        half_pixel = self.interpolation == "bilinear" and not self.align_corners
-        out = op(images=inputs, size=size, align_corners=self.align_corners, half_pixel_centers=half_pixel)
-        return ops.cast(out, inputs.dtype)  # ResizeBilinear returns float32
+        in_h, in_w = spatial_size(inputs)
+        size = spatial_size(like) if like is not None else (in_h * self.scale, in_w * self.scale)
+        if self.interpolation == "bilinear":
+            return resize_bilinear(inputs, size, self.align_corners)
+        if like is None and not self.align_corners:  # an integer factor even when the sizes are unknown
+            return repeat_upsample(inputs, self.scale, self.scale)
+        return resize_nearest(inputs, size, self.align_corners)
 
     def compute_output_shape(self, inputs_shape: Sequence, like_shape: Optional[Sequence] = None) -> tuple:
         if like_shape is not None:
@@ -97,47 +199,78 @@ class Resize(keras.layers.Layer):
         return config
 
 
-@keras.saving.register_keras_serializable(package="axial_kd_tf")
-class InputSizeCheck(keras.layers.Layer):
-    """Identity that rejects inputs whose height or width is not a multiple of ``multiple`` (the output stride).
+class InputSizeError(UserError, ValueError):
+    """A wrong input height or width (one line naming the requirement and the fix).
 
-    Known sizes fail while the model is built or called, with a message that says which multiple is needed; unknown
-    sizes are checked when the graph runs.
+    A :class:`~axial_kd_tf.errors.UserError` for the CLIs and a ``ValueError`` for code that catches Keras' shape
+    errors.
     """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        # Keras appends the call's arguments (several lines) to an error raised in a layer's call unless it sees this.
+        self._keras_call_info_injected = True
+
+
+class SizeCheck(keras.layers.Layer):
+    """Base of the identity layers that reject a wrong input height or width.
+
+    Static sizes are checked when the layer is built and when it is called (under JAX and PyTorch sizes are always
+    static), raising :class:`InputSizeError`. Only a TensorFlow graph traced with unknown sizes defers the check to
+    run time, as an assertion in the graph (``tf.errors.InvalidArgumentError`` with the same message).
+    Subclasses define :meth:`_bad` (on ints and on int32 tensors alike) and :meth:`_message`.
+    """
+
+    def _bad(self, size: Any) -> Any:
+        """Whether one side ``size`` is invalid (a Python bool for an int, a bool tensor for a tensor)."""
+        raise NotImplementedError
+
+    def _message(self, h: Any, w: Any) -> str:
+        raise NotImplementedError
+
+    def build(self, input_shape: Sequence) -> None:
+        h, w = input_shape[1], input_shape[2]
+        if (h is not None and self._bad(h)) or (w is not None and self._bad(w)):
+            raise InputSizeError(self._message(h, w))
+        self.built = True
+
+    def call(self, inputs: Any) -> Any:
+        h, w = spatial_size(inputs)
+        if _is_static(h, w):
+            if self._bad(h) or self._bad(w):
+                raise InputSizeError(self._message(h, w))
+            return inputs
+        if keras.backend.backend() != "tensorflow":  # pragma: no cover - other backends always have static sizes
+            return inputs
+        import tensorflow as tf  # only TensorFlow traces graphs whose sizes are unknown
+
+        ok = ops.logical_not(ops.logical_or(self._bad(h), self._bad(w)))
+        with tf.control_dependencies([tf.debugging.Assert(ok, [self._message("H", "W")])]):
+            return tf.identity(inputs)
+
+    def compute_output_shape(self, input_shape: Sequence) -> Sequence:
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package="axial_kd_tf")
+class InputSizeCheck(SizeCheck):
+    """Identity that rejects inputs whose height or width is not a multiple of ``multiple`` (the output stride),
+    with a message that says which multiple is needed (see :class:`SizeCheck` for when)."""
 
     def __init__(self, multiple: int, arch: str = "this architecture", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.multiple = int(multiple)
         self.arch = arch
 
+    def _bad(self, size: Any) -> Any:
+        return size % self.multiple != 0
+
     def _message(self, h: Any, w: Any) -> str:
         return (f"{self.arch} needs input height and width divisible by {self.multiple} (its output stride), got "
                 f"{h}x{w}; crop or pad the input to a multiple of {self.multiple}")
 
-    def build(self, input_shape: Sequence) -> None:
-        h, w = input_shape[1], input_shape[2]
-        if (h is not None and h % self.multiple) or (w is not None and w % self.multiple):
-            raise ValueError(self._message(h, w))
-        self.built = True
-
     def call(self, inputs: Any) -> Any:
-        if self.multiple == 1:
-            return inputs
-        h, w = inputs.shape[1], inputs.shape[2]
-        if h is not None and w is not None:
-            if h % self.multiple or w % self.multiple:
-                raise ValueError(self._message(h, w))
-            return inputs
-        shape = tf.shape(inputs)
-        check = tf.debugging.assert_equal(
-            tf.math.floormod(shape[1:3], self.multiple), tf.zeros(2, tf.int32),
-            message=self._message("H", "W"),
-        )
-        with tf.control_dependencies([check]):
-            return tf.identity(inputs)
-
-    def compute_output_shape(self, input_shape: Sequence) -> Sequence:
-        return input_shape
+        return inputs if self.multiple == 1 else super().call(inputs)
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -163,8 +296,6 @@ def decoder_use_norm(value: Any, arch: str) -> bool:
     ``True``/``"batchnorm"`` use BatchNorm; ``False``/``"identity"``/``None`` use none (the conv gets a bias). SMP's
     other norms (``"inplace"``, ``"layernorm"``, ``"instancenorm"``, dicts) are not ported.
     """
-    from axial_kd_tf.errors import UserError
-
     if value is True or value == "batchnorm" or (isinstance(value, dict) and value.get("type") == "batchnorm"
                                                    and len(value) == 1):
         return True

@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from axial_kd_tf.errors import UserError
@@ -43,21 +42,20 @@ class PositionAttention(keras.layers.Layer):
 
     def call(self, inputs: Sequence[Any]) -> Any:
         center, top, bottom = inputs
-        shape = tf.shape(bottom)
-        batch, height, width = shape[0], shape[1], shape[2]
+        height, width = blocks.spatial_size(bottom)  # ints, or tensors in a TensorFlow graph of unknown size
         channels = bottom.shape[-1]
         n = height * width
-        q = ops.reshape(center, (batch, n, center.shape[-1]))           # [B, HW, P] (PyTorch x_center)
-        k = ops.reshape(top, (batch, n, top.shape[-1]))                 # [B, HW, P] (PyTorch x_top, transposed)
-        v = ops.reshape(bottom, (batch, n, channels))                   # [B, HW, C] (PyTorch x_bottom)
+        q = ops.reshape(center, (-1, n, center.shape[-1]))              # [B, HW, P] (PyTorch x_center)
+        k = ops.reshape(top, (-1, n, top.shape[-1]))                    # [B, HW, P] (PyTorch x_top, transposed)
+        v = ops.reshape(bottom, (-1, n, channels))                      # [B, HW, C] (PyTorch x_bottom)
         affinity = ops.matmul(q, ops.transpose(k, (0, 2, 1)))           # [B, HW, HW]
         affinity = ops.cast(affinity, "float32")
-        affinity = ops.softmax(ops.reshape(affinity, (batch, n * n)), axis=-1)
-        affinity = ops.cast(ops.reshape(affinity, (batch, n, n)), v.dtype)
+        affinity = ops.softmax(ops.reshape(affinity, (-1, n * n)), axis=-1)
+        affinity = ops.cast(ops.reshape(affinity, (-1, n, n)), v.dtype)
         out = ops.matmul(affinity, v)                                   # [B, HW, C]
         # PyTorch: out.reshape(B, C, H, W) reinterprets the [B, HW, C] buffer as [B, C, HW]; NHWC of that is:
-        out = ops.transpose(ops.reshape(out, (batch, channels, n)), (0, 2, 1))
-        return ops.reshape(out, (batch, height, width, channels))
+        out = ops.transpose(ops.reshape(out, (-1, channels, n)), (0, 2, 1))
+        return ops.reshape(out, (-1, height, width, channels))
 
     def compute_output_shape(self, input_shapes: Sequence[Sequence]) -> Sequence:
         return tuple(input_shapes[2])

@@ -25,7 +25,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import keras
-import tensorflow as tf
 
 from axial_kd_tf.errors import UserError
 from axial_kd_tf.models import blocks
@@ -33,9 +32,9 @@ from axial_kd_tf.models.registry import register_architecture
 
 
 @keras.saving.register_keras_serializable(package="axial_kd_tf")
-class MinInputSize(keras.layers.Layer):
-    """Identity that rejects inputs whose height or width is below ``minimum`` (static sizes at build time,
-    unknown sizes when the graph runs)."""
+class MinInputSize(blocks.SizeCheck):
+    """Identity that rejects inputs whose height or width is below ``minimum`` (see
+    :class:`~axial_kd_tf.models.blocks.SizeCheck` for when)."""
 
     def __init__(self, minimum: int, arch: str = "this architecture", reason: str = "", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -43,31 +42,12 @@ class MinInputSize(keras.layers.Layer):
         self.arch = arch
         self.reason = reason
 
+    def _bad(self, size: Any) -> Any:
+        return size < self.minimum
+
     def _message(self, h: Any, w: Any) -> str:
         reason = f" ({self.reason})" if self.reason else ""
         return f"{self.arch} needs input height and width of at least {self.minimum}{reason}, got {h}x{w}"
-
-    def build(self, input_shape: Sequence) -> None:
-        h, w = input_shape[1], input_shape[2]
-        if (h is not None and h < self.minimum) or (w is not None and w < self.minimum):
-            raise ValueError(self._message(h, w))
-        self.built = True
-
-    def call(self, inputs: Any) -> Any:
-        h, w = inputs.shape[1], inputs.shape[2]
-        if h is not None and w is not None:
-            if h < self.minimum or w < self.minimum:
-                raise ValueError(self._message(h, w))
-            return inputs
-        check = tf.debugging.assert_greater_equal(
-            tf.shape(inputs)[1:3], tf.constant([self.minimum, self.minimum], tf.int32),
-            message=self._message("H", "W"),
-        )
-        with tf.control_dependencies([check]):
-            return tf.identity(inputs)
-
-    def compute_output_shape(self, input_shape: Sequence) -> Sequence:
-        return input_shape
 
     def get_config(self) -> dict:
         config = super().get_config()

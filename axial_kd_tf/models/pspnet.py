@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from axial_kd_tf.errors import UserError
@@ -34,15 +33,17 @@ from axial_kd_tf.models.registry import register_architecture
 def adaptive_pool_matrix(n: Any, size: int, dtype: Any = "float32") -> Any:
     """``[size, n]`` averaging matrix of PyTorch's adaptive average pooling along one axis of length ``n``.
 
-    Row ``i`` is ``1/len`` on ``[floor(i·n/size), ceil((i+1)·n/size))`` and 0 elsewhere. ``n`` may be a tensor.
+    Row ``i`` is ``1/len`` on ``[floor(i·n/size), ceil((i+1)·n/size))`` and 0 elsewhere. ``n`` is an int, or a
+    scalar int32 tensor where a TensorFlow graph has an unknown size.
     """
-    n = tf.cast(n, tf.int32)
-    i = tf.range(size, dtype=tf.int32)
-    start = tf.math.floordiv(i * n, size)
-    end = tf.math.floordiv((i + 1) * n + size - 1, size)
-    pos = tf.range(n, dtype=tf.int32)
-    inside = tf.logical_and(pos[None, :] >= start[:, None], pos[None, :] < end[:, None])
-    return tf.cast(inside, dtype) / tf.cast(end - start, dtype)[:, None]
+    if not isinstance(n, int):
+        n = ops.cast(n, "int32")
+    i = ops.arange(size, dtype="int32")
+    start = ops.floor_divide(i * n, size)
+    end = ops.floor_divide((i + 1) * n + size - 1, size)
+    pos = ops.arange(n, dtype="int32")
+    inside = ops.logical_and(pos[None, :] >= start[:, None], pos[None, :] < end[:, None])
+    return ops.cast(inside, dtype) / ops.cast(end - start, dtype)[:, None]
 
 
 @keras.saving.register_keras_serializable(package="axial_kd_tf")
@@ -50,8 +51,9 @@ class AdaptiveAvgPool2D(keras.layers.Layer):
     """PyTorch ``nn.AdaptiveAvgPool2d((size, size))`` for NHWC tensors of any (also unknown) height and width.
 
     The bins are rectangles, so the pooling is separable: ``out = P_h · x · P_wᵀ`` with the averaging matrices of
-    :func:`adaptive_pool_matrix`, computed from the runtime shape (two batched matmuls and transposes, all ≤ 4-D:
-    TFLite ``BATCH_MATMUL``/``TRANSPOSE``; ``size=1`` is a plain ``MEAN``).
+    :func:`adaptive_pool_matrix`, computed from the static shape (from the runtime one in a TensorFlow graph of
+    unknown size): two batched matmuls and transposes, all ≤ 4-D (TFLite ``BATCH_MATMUL``/``TRANSPOSE``; ``size=1``
+    is a plain ``MEAN``).
     """
 
     def __init__(self, output_size: int, **kwargs: Any) -> None:
@@ -63,9 +65,9 @@ class AdaptiveAvgPool2D(keras.layers.Layer):
     def call(self, inputs: Any) -> Any:
         if self.output_size == 1:
             return ops.mean(inputs, axis=(1, 2), keepdims=True)
-        shape = tf.shape(inputs)
-        p_h = adaptive_pool_matrix(shape[1], self.output_size, inputs.dtype)  # [s, H]
-        p_w = adaptive_pool_matrix(shape[2], self.output_size, inputs.dtype)  # [s, W]
+        height, width = blocks.spatial_size(inputs)
+        p_h = adaptive_pool_matrix(height, self.output_size, inputs.dtype)  # [s, H]
+        p_w = adaptive_pool_matrix(width, self.output_size, inputs.dtype)   # [s, W]
         x = ops.transpose(inputs, (0, 2, 3, 1))           # [B, W, C, H]
         x = ops.matmul(x, ops.transpose(p_h))             # [B, W, C, s_h]
         x = ops.transpose(x, (0, 3, 2, 1))                # [B, s_h, C, W]
