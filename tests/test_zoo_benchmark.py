@@ -27,6 +27,7 @@ def _load_benchmark():
     return module
 
 
+@pytest.mark.slow  # ≈ 3.5 min on 2 cores: keeps the default suite under its 20-minute budget
 def test_zoo_benchmark_two_archs(tmp_path: Path) -> None:
     bench = _load_benchmark()
     out = tmp_path / "zoo.json"
