@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
+from benchmark_loader import load_benchmark  # tests/benchmark_loader.py
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_benchmark():
-    path = ROOT / "benchmarks" / "teacher_overhead.py"
-    spec = importlib.util.spec_from_file_location("benchmarks_teacher_overhead_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 TINY = ["--size", "32", "--batch-size", "2", "--steps", "2", "--warmup", "1", "--paired-steps", "2",
@@ -56,7 +47,7 @@ def _check(result: dict, out: Path) -> None:
 
 def test_teacher_overhead_tiny_in_process(tmp_path: Path) -> None:
     """The whole benchmark in this process (fast path)."""
-    bench = _load_benchmark()
+    bench = load_benchmark("teacher_overhead")
     out = tmp_path / "overhead.json"
     args = bench.parse_args(["--config", str(ROOT / "configs" / "quickstart.yaml"), *TINY, "--isolation", "none",
                              "--out", str(out)])
@@ -66,7 +57,7 @@ def test_teacher_overhead_tiny_in_process(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_teacher_overhead_tiny_worker_processes(tmp_path: Path) -> None:
     """The default path: each mode in a fresh worker process (two more TensorFlow start-ups, ~30-60 s)."""
-    bench = _load_benchmark()
+    bench = load_benchmark("teacher_overhead")
     out = tmp_path / "overhead.json"
     lines: list[str] = []
     args = bench.parse_args(["--config", str(ROOT / "configs" / "quickstart.yaml"), *TINY, "--out", str(out)])

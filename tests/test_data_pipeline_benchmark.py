@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from axial_kd_tf.errors import UserError
+from benchmark_loader import load_benchmark  # tests/benchmark_loader.py
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--config", str(ROOT / "configs" / "quickstart.yaml"),
@@ -21,18 +20,9 @@ TINY = ["--config", str(ROOT / "configs" / "quickstart.yaml"),
         "--batches", "3", "--pipeline-warmup", "1", "--steps", "2", "--warmup", "1"]
 
 
-def _load_benchmark():
-    path = ROOT / "benchmarks" / "data_pipeline.py"
-    spec = importlib.util.spec_from_file_location("benchmarks_data_pipeline_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def bench():
-    return _load_benchmark()
+    return load_benchmark("data_pipeline")
 
 
 def test_data_pipeline_benchmark_tiny(bench, tmp_path: Path) -> None:

@@ -6,24 +6,13 @@ CPU-seconds), so it is marked ``slow``.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_benchmark():
-    path = ROOT / "benchmarks" / "xla.py"
-    spec = importlib.util.spec_from_file_location("benchmarks_xla_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from benchmark_loader import load_benchmark  # tests/benchmark_loader.py
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -32,7 +21,7 @@ def _load_benchmark():
     (["--options", "[1]"], "--options must be a JSON object"),
 ])
 def test_xla_benchmark_rejects_bad_arguments(tmp_path: Path, argv: list, message: str) -> None:
-    bench = _load_benchmark()
+    bench = load_benchmark("xla")
     args = bench.parse_args([*argv, "--out", str(tmp_path / "x.json")])
     with pytest.raises(bench.UserError, match=message):
         bench.run_benchmark(args, log=lambda _m: None)
@@ -41,7 +30,7 @@ def test_xla_benchmark_rejects_bad_arguments(tmp_path: Path, argv: list, message
 
 @pytest.mark.slow
 def test_xla_benchmark_times_a_step_with_xla_off_and_on(tmp_path: Path) -> None:
-    bench = _load_benchmark()
+    bench = load_benchmark("xla")
     out = tmp_path / "xla.json"
     lines: list[str] = []
     args = bench.parse_args([

@@ -2,34 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from axial_kd_tf.models import build_network
+from benchmark_loader import load_benchmark  # tests/benchmark_loader.py
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCHS = ("unet", "pspnet")  # pspnet: the cheapest graph to trace (keeps the test well under a minute)
 ENCODER, K, C = "resnet18", 5, 3
 
 
-def _load_benchmark():
-    path = ROOT / "benchmarks" / "zoo.py"
-    spec = importlib.util.spec_from_file_location("benchmarks_zoo_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow  # ≈ 3.5 min on 2 cores: keeps the default suite under its 20-minute budget
 def test_zoo_benchmark_two_archs(tmp_path: Path) -> None:
-    bench = _load_benchmark()
+    bench = load_benchmark("zoo")
     out = tmp_path / "zoo.json"
     lines: list[str] = []
     # jit off: XLA compilation alone would take minutes on a 2-core CPU (the default run uses the config's jit).
@@ -65,7 +55,7 @@ def test_zoo_benchmark_two_archs(tmp_path: Path) -> None:
 
 
 def test_zoo_benchmark_rejects_unknown_arch(tmp_path: Path) -> None:
-    bench = _load_benchmark()
+    bench = load_benchmark("zoo")
     args = bench.parse_args(["--archs", "unet,resnet", "--out", str(tmp_path / "z.json")])
     with pytest.raises(bench.UserError, match="unknown architecture"):
         bench.run_benchmark(args, log=lambda _m: None)
@@ -76,7 +66,7 @@ def test_zoo_benchmark_rejects_unknown_arch(tmp_path: Path) -> None:
 def test_zoo_benchmark_worker_process_and_jit_fallback(tmp_path: Path) -> None:
     """The default path: a worker process per architecture, the config's jit_compile=True, which unet's keras.ops
     resizes now compile with (before issue 10 both modes fell back to jit_compile=False) (~1-2 min)."""
-    bench = _load_benchmark()
+    bench = load_benchmark("zoo")
     out = tmp_path / "zoo.json"
     lines: list[str] = []
     args = bench.parse_args([
