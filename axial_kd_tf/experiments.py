@@ -1028,8 +1028,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             raise UserError("--_worker takes one JSON argument (internal use)")
         return _worker(argv[1])
     args = build_parser().parse_args(argv)
-    quiet.configure(args.verbose)  # also for the worker processes
-    quiet.import_tensorflow(args.verbose)  # resolving the architectures imports the zoo, hence Keras and TensorFlow
+    # Sets the log level for this process and its workers, then imports TensorFlow quietly: resolving the
+    # architectures imports the zoo, hence Keras and TensorFlow.
+    quiet.import_tensorflow(args.verbose)
     grid = resolve_grid(args)
     plan, root, split = grid.plan, grid.root, grid.split
     prefix = aggregate_prefix(split)

@@ -66,18 +66,21 @@ STUDY_CHOICE = {"distill.target": "kl", "distill.temperature": 2.0, "distill.mas
                 "teacher.detach_input": True}
 
 
+def _study_keys(cfg: dict) -> dict:
+    """The STUDY_CHOICE keys' values in a config dict."""
+    return {k: cfg[k.split(".")[0]][k.split(".")[1]] for k in STUDY_CHOICE}
+
+
 @pytest.mark.parametrize("path", [p for p in ALL_CONFIGS if "studies" not in p.parts], ids=lambda p: p.stem)
 def test_shipped_configs_use_the_studys_teacher_and_loss(path: Path):
     cfg = load_config(path).to_dict()
     if not cfg["distill"]["enabled"]:
         return
-    got = {k: cfg[k.split(".")[0]][k.split(".")[1]] for k in STUDY_CHOICE}
-    assert got == STUDY_CHOICE, f"{path.name} differs from the library's study-chosen defaults"
+    assert _study_keys(cfg) == STUDY_CHOICE, f"{path.name} differs from the library's study-chosen defaults"
 
 
 def test_library_defaults_are_the_studys_choice():
-    cfg = Config().to_dict()
-    assert {k: cfg[k.split(".")[0]][k.split(".")[1]] for k in STUDY_CHOICE} == STUDY_CHOICE
+    assert _study_keys(Config().to_dict()) == STUDY_CHOICE
 
 
 def test_quickstart_and_baseline_differ_only_in_distillation_and_name():
