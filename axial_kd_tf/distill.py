@@ -108,7 +108,7 @@ def softmax_cross_entropy(
 
 
 TARGETS = ("logits", "probabilities", "kl")
-MASKS = ("none", "teacher_correct", "teacher_confident")
+MASKS = ("none", "teacher_correct", "teacher_better", "teacher_confident")
 
 
 def distillation_map(student: Any, teacher: Any, target: str = "logits", temperature: float = 1.0,
@@ -144,6 +144,9 @@ def distillation_mask(labels: Any, student: Any, teacher: Any, mask: str = "none
     * ``none``: every pixel;
     * ``teacher_correct``: pixels where the teacher's argmax is the label (the teacher only teaches what it gets
       right, so a class it misses is not taken from the student);
+    * ``teacher_better``: pixels where the teacher gives the *label* a higher softmax probability than the student
+      does, so the term only pulls the student towards a distribution that is closer to the label there (on the
+      other pixels distillation would work against the student's CE);
     * ``teacher_confident``: pixels where the teacher's top softmax probability exceeds the student's.
     """
     if mask == "none":
@@ -151,6 +154,17 @@ def distillation_mask(labels: Any, student: Any, teacher: Any, mask: str = "none
     t = ops.stop_gradient(ops.cast(teacher, "float32"))
     if mask == "teacher_correct":
         return ops.cast(ops.equal(ops.argmax(t, axis=-1), ops.cast(labels, "int32")), "float32")
+    if mask == "teacher_better":
+        s = ops.stop_gradient(ops.cast(student, "float32"))
+        labels = ops.cast(labels, "int32")
+        num_classes = ops.shape(t)[-1]
+        # A label outside [0, K) (an ignore_index such as 255) has no probability to compare: not distilled, as with
+        # teacher_correct, whose argmax never equals it.
+        valid = ops.logical_and(ops.greater_equal(labels, 0), ops.less(labels, num_classes))
+        y = ops.clip(labels, 0, num_classes - 1)[..., None]
+        p_t = ops.take_along_axis(ops.softmax(t, axis=-1), y, axis=-1)[..., 0]
+        p_s = ops.take_along_axis(ops.softmax(s, axis=-1), y, axis=-1)[..., 0]
+        return ops.cast(ops.logical_and(valid, ops.greater(p_t, p_s)), "float32")
     if mask == "teacher_confident":
         s = ops.stop_gradient(ops.cast(student, "float32"))
         conf_t = ops.max(ops.softmax(t, axis=-1), axis=-1)

@@ -115,6 +115,13 @@ def test_distillation_masks_match_numpy():
     np.testing.assert_array_equal(np.asarray(distillation_mask(y, s, t, "none")), np.ones((2, 5, 5)))
     np.testing.assert_array_equal(np.asarray(distillation_mask(y, s, t, "teacher_correct")),
                                   (t.argmax(-1) == y).astype("float32"))
+    p_t, p_s = _np_softmax(t), _np_softmax(s)
+    better = np.take_along_axis(p_t, y[..., None], -1)[..., 0] > np.take_along_axis(p_s, y[..., None], -1)[..., 0]
+    assert 0 < better.mean() < 1  # the fixture exercises both outcomes
+    np.testing.assert_array_equal(np.asarray(distillation_mask(y, s, t, "teacher_better")), better.astype("float32"))
+    y_ignored = np.where(np.arange(5)[None, :, None] == 0, 255, y)  # column 0 is an ignore_index
+    np.testing.assert_array_equal(np.asarray(distillation_mask(y_ignored, s, t, "teacher_better")),
+                                  np.where(y_ignored == 255, 0.0, better).astype("float32"))
     confident = _np_softmax(t).max(-1) > _np_softmax(s).max(-1)
     np.testing.assert_array_equal(np.asarray(distillation_mask(y, s, t, "teacher_confident")),
                                   confident.astype("float32"))
