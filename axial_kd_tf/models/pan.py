@@ -31,30 +31,6 @@ from axial_kd_tf.models import blocks
 from axial_kd_tf.models.registry import register_architecture
 
 
-@keras.saving.register_keras_serializable(package="axial_kd_tf")
-class MinInputSize(blocks.SizeCheck):
-    """Identity that rejects inputs whose height or width is below ``minimum`` (see
-    :class:`~axial_kd_tf.models.blocks.SizeCheck` for when)."""
-
-    def __init__(self, minimum: int, arch: str = "this architecture", reason: str = "", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.minimum = int(minimum)
-        self.arch = arch
-        self.reason = reason
-
-    def _bad(self, size: Any) -> Any:
-        return size < self.minimum
-
-    def _message(self, h: Any, w: Any) -> str:
-        reason = f" ({self.reason})" if self.reason else ""
-        return f"{self.arch} needs input height and width of at least {self.minimum}{reason}, got {h}x{w}"
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(minimum=self.minimum, arch=self.arch, reason=self.reason)
-        return config
-
-
 def conv_bn_relu_biased(x: Any, filters: int, kernel_size: int, name: str, relu: bool = True) -> Any:
     """SMP PAN's own ``ConvBnRelu``: conv *with* bias (padding ``k//2``) → BN → optional ReLU."""
     x = blocks.conv2d(x, filters, kernel_size, f"{name}_conv", use_bias=True)
@@ -147,14 +123,12 @@ def build_pan(
     if upsampling != 4:
         raise UserError(f"model.options upsampling for pan must be 4 (the decoder output is at 1/4), got {upsampling}")
     stride = min(encoder_output_stride, 2 ** encoder_depth)
-    minimum = 8 * stride
 
     from axial_kd_tf.models.encoders import build_encoder  # lazy: options are checked without it
 
     inputs = keras.Input((None, None, in_channels), name="image")
-    x = blocks.InputSizeCheck(stride, "pan", name="input_size_check")(inputs)
-    x = MinInputSize(minimum, "pan", f"the feature pyramid attention pools the 1/{stride} map three more times",
-                     name="input_min_size_check")(x)
+    x = blocks.InputSizeCheck(stride, "pan", minimum=8 * stride, name="input_size_check",
+                              reason=f"the feature pyramid attention pools the 1/{stride} map three more times")(inputs)
     feats = build_encoder(encoder, x, weights=encoder_weights, depth=encoder_depth,
                           output_stride=encoder_output_stride if encoder_output_stride < 2 ** encoder_depth else 32)
     x = pan_decoder(feats.maps, feats.channels, encoder_depth, int(decoder_channels), decoder_interpolation)
