@@ -1,13 +1,8 @@
 """What every zoo architecture shares, as segmentation_models_pytorch 0.6.0's ``SegmentationModel`` does: the input,
 the input-size check, the encoder, the segmentation head, the initialisation and the model's name.
 
-An architecture module keeps its decoder and a registered builder that checks its own options between the two
-steps below::
-
-    zoo = SegmentationModel("linknet", encoder, encoder_depth)    # SMP's default encoder; encoder_depth 3–5
-    ...                                                           # the architecture's own options
-    return zoo.build(lambda features: linknet_decoder(features.maps, ...), num_classes, in_channels,
-                     encoder_weights, head_kernel_size=1)
+An architecture module keeps its decoder and a registered builder that creates a :class:`SegmentationModel`, checks
+its own options and calls :meth:`SegmentationModel.build` with its decoder (see ``docs/zoo_contract.md``).
 """
 
 from __future__ import annotations
