@@ -137,14 +137,31 @@ def test_unknown_size_is_checked_at_run_time(pspnet_model):
         fn(tf.zeros((1, 44, 48, 3)))
 
 
-@needs_encoders
 def test_pan_minimum_size_is_checked_at_run_time():
-    """The FPA pools the 1/16 map three more times: a dynamic-size graph must refuse sides under 128."""
-    check = pan.MinInputSize(128, "pan", name="min_check")
+    """The FPA pools the 1/16 map three more times: a dynamic-size graph must refuse sides under 128, and name the
+    multiple first when both requirements fail (as the static check does)."""
+    check = blocks.InputSizeCheck(16, "pan", minimum=128, name="check")
     fn = tf.function(check, input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)])
     assert tuple(fn(tf.zeros((1, 128, 144, 3))).shape) == (1, 128, 144, 3)
     with pytest.raises(tf.errors.InvalidArgumentError, match="at least 128"):
         fn(tf.zeros((1, 112, 144, 3)))
+    for size in (120, 136):  # 120 fails both requirements, 136 only the multiple
+        with pytest.raises(tf.errors.InvalidArgumentError, match="divisible by 16"):
+            fn(tf.zeros((1, size, 144, 3)))
+    with pytest.raises(UserError, match="divisible by 16"):
+        check(np.zeros((1, 120, 144, 3), "float32"))
+
+
+def test_pan_size_check_saved_as_min_input_size_still_loads():
+    """``.keras`` files written while PAN's minimum was a class of its own (``pan.MinInputSize``) still load."""
+    layer = keras.saving.deserialize_keras_object({
+        "module": "axial_kd_tf.models.pan", "class_name": "MinInputSize", "registered_name": "axial_kd_tf>MinInputSize",
+        "config": {"name": "input_min_size_check", "trainable": True, "dtype": "float32", "minimum": 128, "arch": "pan",
+                   "reason": "the feature pyramid attention pools the 1/16 map three more times"}})
+    assert type(layer) is blocks.InputSizeCheck and layer.name == "input_min_size_check"
+    assert layer(np.zeros((1, 128, 136, 3), "float32")).shape == (1, 128, 136, 3)
+    with pytest.raises(UserError, match=r"pan needs input height and width of at least 128 \(the feature pyramid"):
+        layer(np.zeros((1, 120, 136, 3), "float32"))
 
 
 def test_invalid_options_raise_user_errors():

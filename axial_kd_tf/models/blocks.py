@@ -212,70 +212,83 @@ class InputSizeError(UserError, ValueError):
         self._keras_call_info_injected = True
 
 
-class SizeCheck(keras.layers.Layer):
-    """Base of the identity layers that reject a wrong input height or width.
+@keras.saving.register_keras_serializable(package="axial_kd_tf")
+class InputSizeCheck(keras.layers.Layer):
+    """Identity that rejects inputs whose height or width is not a multiple of ``multiple`` (the output stride) or
+    is below ``minimum``, with a one-line message naming the requirement (and ``reason`` for the minimum).
 
     Static sizes are checked when the layer is built and when it is called (under JAX and PyTorch sizes are always
-    static), raising :class:`InputSizeError`. Only a TensorFlow graph traced with unknown sizes defers the check to
-    run time, as an assertion in the graph (``tf.errors.InvalidArgumentError`` with the same message).
-    Subclasses define :meth:`_bad` (on ints and on int32 tensors alike) and :meth:`_message`.
+    static), raising :class:`InputSizeError`, the multiple first. Only a TensorFlow graph traced with unknown sizes
+    defers the checks to run time, as assertions in the graph (``tf.errors.InvalidArgumentError`` with the same
+    message).
     """
 
-    def _bad(self, size: Any) -> Any:
-        """Whether one side ``size`` is invalid (a Python bool for an int, a bool tensor for a tensor)."""
-        raise NotImplementedError
+    def __init__(self, multiple: int = 1, arch: str = "this architecture", minimum: int = 0, reason: str = "",
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.multiple = int(multiple)
+        self.arch = arch
+        self.minimum = int(minimum)
+        self.reason = reason
 
-    def _message(self, h: Any, w: Any) -> str:
-        raise NotImplementedError
+    def _requirements(self) -> list:
+        """``(bad, message)`` per requirement, the multiple first: ``bad(side)`` takes an int or an int32 tensor,
+        ``message(h, w)`` is the error."""
+        requirements = []
+        if self.multiple > 1:
+            requirements.append((
+                lambda size: size % self.multiple != 0,
+                lambda h, w: (f"{self.arch} needs input height and width divisible by {self.multiple} (its output "
+                              f"stride), got {h}x{w}; crop or pad the input to a multiple of {self.multiple}")))
+        if self.minimum > 1:
+            reason = f" ({self.reason})" if self.reason else ""
+            requirements.append((
+                lambda size: size < self.minimum,
+                lambda h, w: f"{self.arch} needs input height and width of at least {self.minimum}{reason}, got "
+                             f"{h}x{w}"))
+        return requirements
 
     def build(self, input_shape: Sequence) -> None:
         h, w = input_shape[1], input_shape[2]
-        if (h is not None and self._bad(h)) or (w is not None and self._bad(w)):
-            raise InputSizeError(self._message(h, w))
+        for bad, message in self._requirements():
+            if (h is not None and bad(h)) or (w is not None and bad(w)):
+                raise InputSizeError(message(h, w))
         self.built = True
 
     def call(self, inputs: Any) -> Any:
         h, w = spatial_size(inputs)
+        requirements = self._requirements()
         if _is_static(h, w):
-            if self._bad(h) or self._bad(w):
-                raise InputSizeError(self._message(h, w))
+            for bad, message in requirements:
+                if bad(h) or bad(w):
+                    raise InputSizeError(message(h, w))
             return inputs
-        if keras.backend.backend() != "tensorflow":  # pragma: no cover - other backends always have static sizes
+        if not requirements or keras.backend.backend() != "tensorflow":  # pragma: no cover - other backends are static
             return inputs
         import tensorflow as tf  # only TensorFlow traces graphs whose sizes are unknown
 
-        ok = ops.logical_not(ops.logical_or(self._bad(h), self._bad(w)))
-        with tf.control_dependencies([tf.debugging.Assert(ok, [self._message("H", "W")])]):
-            return tf.identity(inputs)
+        for bad, message in requirements:  # tf.function runs the assertions (stateful ops) in this order
+            ok = ops.logical_not(ops.logical_or(bad(h), bad(w)))
+            with tf.control_dependencies([tf.debugging.Assert(ok, [message("H", "W")])]):
+                inputs = tf.identity(inputs)
+        return inputs
 
     def compute_output_shape(self, input_shape: Sequence) -> Sequence:
         return input_shape
 
-
-@keras.saving.register_keras_serializable(package="axial_kd_tf")
-class InputSizeCheck(SizeCheck):
-    """Identity that rejects inputs whose height or width is not a multiple of ``multiple`` (the output stride),
-    with a message that says which multiple is needed (see :class:`SizeCheck` for when)."""
-
-    def __init__(self, multiple: int, arch: str = "this architecture", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.multiple = int(multiple)
-        self.arch = arch
-
-    def _bad(self, size: Any) -> Any:
-        return size % self.multiple != 0
-
-    def _message(self, h: Any, w: Any) -> str:
-        return (f"{self.arch} needs input height and width divisible by {self.multiple} (its output stride), got "
-                f"{h}x{w}; crop or pad the input to a multiple of {self.multiple}")
-
-    def call(self, inputs: Any) -> Any:
-        return inputs if self.multiple == 1 else super().call(inputs)
-
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(multiple=self.multiple, arch=self.arch)
+        config.update(multiple=self.multiple, arch=self.arch, minimum=self.minimum, reason=self.reason)
         return config
+
+
+@keras.saving.register_keras_serializable(package="axial_kd_tf", name="MinInputSize")
+class _MinInputSize(InputSizeCheck):
+    """Reads ``.keras`` files saved while PAN's minimum-size check was a class of its own (``pan.MinInputSize``)."""
+
+    @classmethod
+    def from_config(cls, config: dict) -> InputSizeCheck:
+        return InputSizeCheck(**config)
 
 
 def segmentation_head(x: Any, num_classes: int, kernel_size: int = 3, upsampling: int = 1,

@@ -46,6 +46,7 @@ import keras
 
 from axial_kd_tf.errors import UserError
 from axial_kd_tf.models import blocks
+from axial_kd_tf.models.base import SegmentationModel
 from axial_kd_tf.models.registry import register_architecture
 
 #: Layer-name prefixes of everything the DeepLab builders add on top of the encoder (see :func:`torch_default_init`).
@@ -139,15 +140,13 @@ def torch_default_init(model: keras.Model, prefixes: Iterable[str] = DECODER_PRE
             layer.bias.assign(init(tuple(layer.bias.shape), dtype=layer.bias.dtype))
 
 
-def check_deeplab_options(arch: str, encoder_depth: int, encoder_output_stride: int,
-                          decoder_channels: int, decoder_atrous_rates: Sequence[int],
-                          decoder_aspp_dropout: float, upsampling: Optional[int]) -> tuple[int, ...]:
+def check_deeplab_options(arch: str, encoder_output_stride: int, decoder_channels: int,
+                          decoder_atrous_rates: Sequence[int], decoder_aspp_dropout: float,
+                          upsampling: Optional[int]) -> tuple[int, ...]:
     """Validate the SMP options both DeepLab builders share; returns the atrous rates as a tuple of ints."""
     if encoder_output_stride not in (8, 16):
         raise UserError(f"model.options.encoder_output_stride for '{arch}' must be 8 or 16, got "
                         f"{encoder_output_stride!r}")
-    if encoder_depth not in (3, 4, 5):
-        raise UserError(f"model.options.encoder_depth for '{arch}' must be 3, 4 or 5, got {encoder_depth!r}")
     if not isinstance(decoder_channels, int) or decoder_channels < 1:
         raise UserError(f"model.options.decoder_channels for '{arch}' must be a positive integer, got "
                         f"{decoder_channels!r}")
@@ -166,20 +165,6 @@ def check_deeplab_options(arch: str, encoder_depth: int, encoder_output_stride: 
     return rates
 
 
-def deeplab_encoder(arch: str, inputs: Any, encoder: str, encoder_weights: Optional[str], encoder_depth: int,
-                    encoder_output_stride: int) -> Any:
-    """Build the (dilated) encoder on ``inputs`` and check it really runs at the requested output stride."""
-    from axial_kd_tf.models.encoders import build_encoder  # written alongside; imported when a model is built
-
-    features = build_encoder(encoder, inputs, weights=encoder_weights, depth=encoder_depth,
-                             output_stride=encoder_output_stride)
-    expected = min(encoder_output_stride, 2 ** encoder_depth)
-    if features.output_stride != expected:
-        raise UserError(f"encoder '{encoder}' gives output stride {features.output_stride} at depth {encoder_depth}, "
-                        f"but {arch} needs {expected} (encoder_output_stride={encoder_output_stride})")
-    return features
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # DeepLabV3
 # --------------------------------------------------------------------------------------------------------------------
@@ -195,7 +180,7 @@ def deeplabv3_decoder(x: Any, decoder_channels: int = 256, atrous_rates: Sequenc
 def build_deeplabv3(
     num_classes: int,
     in_channels: int = 3,
-    encoder: Optional[str] = "resnet34",
+    encoder: Optional[str] = None,
     encoder_weights: Optional[str] = None,
     encoder_depth: int = 5,
     encoder_output_stride: int = 8,
@@ -215,19 +200,12 @@ def build_deeplabv3(
     stride. Decoder and head use PyTorch's default init (SMP never calls ``initialize()`` here); see the module
     docstring.
     """
-    arch = "deeplabv3"
-    encoder = encoder or "resnet34"
-    rates = check_deeplab_options(arch, encoder_depth, encoder_output_stride, decoder_channels,
-                                  decoder_atrous_rates, decoder_aspp_dropout, upsampling)
+    zoo = SegmentationModel("deeplabv3", encoder, encoder_depth)
+    rates = check_deeplab_options("deeplabv3", encoder_output_stride, decoder_channels, decoder_atrous_rates,
+                                  decoder_aspp_dropout, upsampling)
     output_stride = min(encoder_output_stride, 2 ** encoder_depth)
-
-    inputs = keras.Input((None, None, in_channels), name="image")
-    x = blocks.InputSizeCheck(output_stride, arch, name="input_size_check")(inputs)
-    features = deeplab_encoder(arch, x, encoder, encoder_weights, encoder_depth, encoder_output_stride)
-    y = deeplabv3_decoder(features.maps[-1], decoder_channels, rates, bool(decoder_aspp_separable),
-                          float(decoder_aspp_dropout))
-    logits = blocks.segmentation_head(y, num_classes, kernel_size=1,
-                                      upsampling=output_stride if upsampling is None else upsampling)
-    model = keras.Model(inputs, logits, name=f"{arch}_{encoder}")
-    torch_default_init(model)
-    return model
+    return zoo.build(
+        lambda f: deeplabv3_decoder(f.maps[-1], decoder_channels, rates, bool(decoder_aspp_separable),
+                                    float(decoder_aspp_dropout)),
+        num_classes, in_channels, encoder_weights, output_stride=encoder_output_stride, head_kernel_size=1,
+        upsampling=output_stride if upsampling is None else upsampling, initialize=torch_default_init)

@@ -33,9 +33,8 @@ import keras
 
 from axial_kd_tf.errors import UserError
 from axial_kd_tf.models import blocks
-from axial_kd_tf.models.deeplabv3 import (
-    aspp, check_deeplab_options, deeplab_encoder, separable_conv_bn_relu, torch_default_init,
-)
+from axial_kd_tf.models.base import SegmentationModel
+from axial_kd_tf.models.deeplabv3 import aspp, check_deeplab_options, separable_conv_bn_relu, torch_default_init
 from axial_kd_tf.models.registry import register_architecture
 
 HIGHRES_CHANNELS = 48  # "proposed by authors of paper" (SMP)
@@ -48,6 +47,9 @@ def deeplabv3plus_decoder(deep: keras.KerasTensor, low_level: keras.KerasTensor,
 
     Returns the 1/4-resolution fused map (``decoder_channels`` channels).
     """
+    if low_level is None:
+        raise UserError("deeplabv3plus needs the encoder's stride-4 map for its low-level branch; this encoder lacks "
+                        "it (choose another encoder)")
     x = aspp(deep, decoder_channels, atrous_rates, separable=aspp_separable, dropout=aspp_dropout, name="aspp")
     x = separable_conv_bn_relu(x, decoder_channels, 3, "aspp_out")
     scale = deep_stride // 4
@@ -62,7 +64,7 @@ def deeplabv3plus_decoder(deep: keras.KerasTensor, low_level: keras.KerasTensor,
 def build_deeplabv3plus(
     num_classes: int,
     in_channels: int = 3,
-    encoder: Optional[str] = "resnet34",
+    encoder: Optional[str] = None,
     encoder_weights: Optional[str] = None,
     encoder_depth: int = 5,
     encoder_output_stride: int = 16,
@@ -80,21 +82,11 @@ def build_deeplabv3plus(
     ``[B, H, W, num_classes]`` (with the default ``upsampling=4``); H and W must be multiples of the output stride.
     Decoder and head use PyTorch's default init (SMP never calls ``initialize()`` here).
     """
-    arch = "deeplabv3plus"
-    encoder = encoder or "resnet34"
-    rates = check_deeplab_options(arch, encoder_depth, encoder_output_stride, decoder_channels,
-                                  decoder_atrous_rates, decoder_aspp_dropout, upsampling)
-    output_stride = min(encoder_output_stride, 2 ** encoder_depth)
-
-    inputs = keras.Input((None, None, in_channels), name="image")
-    x = blocks.InputSizeCheck(output_stride, arch, name="input_size_check")(inputs)
-    features = deeplab_encoder(arch, x, encoder, encoder_weights, encoder_depth, encoder_output_stride)
-    if len(features.maps) < 3 or features.maps[2] is None:
-        raise UserError(f"encoder '{encoder}' has no stride-4 feature map, which {arch} needs for its low-level "
-                        "branch; choose another encoder")
-    y = deeplabv3plus_decoder(features.maps[-1], features.maps[2], output_stride, decoder_channels, rates,
-                              bool(decoder_aspp_separable), float(decoder_aspp_dropout))
-    logits = blocks.segmentation_head(y, num_classes, kernel_size=1, upsampling=upsampling)
-    model = keras.Model(inputs, logits, name=f"{arch}_{encoder}")
-    torch_default_init(model)
-    return model
+    zoo = SegmentationModel("deeplabv3plus", encoder, encoder_depth)
+    rates = check_deeplab_options("deeplabv3plus", encoder_output_stride, decoder_channels, decoder_atrous_rates,
+                                  decoder_aspp_dropout, upsampling)
+    return zoo.build(
+        lambda f: deeplabv3plus_decoder(f.maps[-1], f.maps[2], f.output_stride, decoder_channels, rates,
+                                        bool(decoder_aspp_separable), float(decoder_aspp_dropout)),
+        num_classes, in_channels, encoder_weights, output_stride=encoder_output_stride, head_kernel_size=1,
+        upsampling=upsampling, initialize=torch_default_init)

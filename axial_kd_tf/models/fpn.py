@@ -28,6 +28,7 @@ import keras
 
 from axial_kd_tf.errors import UserError
 from axial_kd_tf.models import blocks
+from axial_kd_tf.models.base import SegmentationModel
 from axial_kd_tf.models.registry import register_architecture
 
 GN_GROUPS = 32
@@ -88,7 +89,7 @@ def fpn_decoder(
 def build_fpn(
     num_classes: int,
     in_channels: int = 3,
-    encoder: str | None = "resnet34",
+    encoder: str | None = None,
     encoder_weights: str | None = None,
     encoder_depth: int = 5,
     decoder_pyramid_channels: int = 256,
@@ -107,11 +108,7 @@ def build_fpn(
     factor; it must bring the finest pyramid level back to the input size, so it defaults to ``2**(depth-3)``:
     SMP's 4 at depth 5). Input height and width must be multiples of ``2**encoder_depth``.
     """
-    from axial_kd_tf.models.encoders import build_encoder  # lazy: the encoder module registers its own names
-
-    encoder = encoder or "resnet34"
-    if encoder_depth not in (3, 4, 5):
-        raise UserError(f"model.options encoder_depth for fpn must be 3, 4 or 5, got {encoder_depth}")
+    zoo = SegmentationModel("fpn", encoder, encoder_depth)
     if decoder_merge_policy not in ("add", "cat"):
         raise UserError(f"model.options decoder_merge_policy must be 'add' or 'cat', got {decoder_merge_policy!r}")
     if decoder_interpolation not in ("nearest", "bilinear"):
@@ -128,14 +125,7 @@ def build_fpn(
     if int(upsampling) != finest_stride:
         raise UserError(f"model.options upsampling for fpn with encoder_depth={encoder_depth} must be "
                         f"{finest_stride} (the stride of the finest pyramid level), got {upsampling}")
-    stride = 2 ** encoder_depth
-
-    inputs = keras.Input((None, None, in_channels), name="image")
-    x = blocks.InputSizeCheck(stride, "fpn", name="input_size_check")(inputs)
-    feats = build_encoder(encoder, x, weights=encoder_weights, depth=encoder_depth, output_stride=32)
-    x = fpn_decoder(feats.maps, feats.channels, int(decoder_pyramid_channels), int(decoder_segmentation_channels),
-                    float(decoder_dropout), decoder_merge_policy, decoder_interpolation)
-    logits = blocks.segmentation_head(x, num_classes, kernel_size=1, upsampling=int(upsampling))
-    model = keras.Model(inputs, logits, name=f"fpn_{encoder}")
-    blocks.smp_initialize_decoder(model)
-    return model
+    return zoo.build(
+        lambda f: fpn_decoder(f.maps, f.channels, int(decoder_pyramid_channels), int(decoder_segmentation_channels),
+                              float(decoder_dropout), decoder_merge_policy, decoder_interpolation),
+        num_classes, in_channels, encoder_weights, head_kernel_size=1, upsampling=int(upsampling))

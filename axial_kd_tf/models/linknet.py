@@ -30,6 +30,7 @@ import keras
 
 from axial_kd_tf.errors import UserError
 from axial_kd_tf.models import blocks
+from axial_kd_tf.models.base import SegmentationModel
 from axial_kd_tf.models.registry import register_architecture
 
 
@@ -77,7 +78,7 @@ def linknet_decoder(features: Sequence[Any], channels: Sequence[int], prefinal_c
 def build_linknet(
     num_classes: int,
     in_channels: int = 3,
-    encoder: str | None = "resnet34",
+    encoder: str | None = None,
     encoder_weights: str | None = None,
     encoder_depth: int = 5,
     decoder_use_norm: bool | str = "batchnorm",
@@ -89,21 +90,9 @@ def build_linknet(
     ``"identity"``/False; ``decoder_use_batchnorm`` is the older alias). Input height and width must be multiples
     of ``2**encoder_depth``.
     """
-    from axial_kd_tf.models.encoders import build_encoder  # lazy: the encoder module registers its own names
-
-    encoder = encoder or "resnet34"
-    if encoder_depth not in (3, 4, 5):
-        raise UserError(f"model.options encoder_depth for linknet must be 3, 4 or 5, got {encoder_depth}")
+    zoo = SegmentationModel("linknet", encoder, encoder_depth)
     if decoder_use_batchnorm is not None:
         decoder_use_norm = decoder_use_batchnorm
     use_norm = blocks.decoder_use_norm(decoder_use_norm, "linknet")
-    stride = 2 ** encoder_depth
-
-    inputs = keras.Input((None, None, in_channels), name="image")
-    x = blocks.InputSizeCheck(stride, "linknet", name="input_size_check")(inputs)
-    feats = build_encoder(encoder, x, weights=encoder_weights, depth=encoder_depth, output_stride=32)
-    x = linknet_decoder(feats.maps, feats.channels, prefinal_channels=32, use_norm=use_norm)
-    logits = blocks.segmentation_head(x, num_classes, kernel_size=1)
-    model = keras.Model(inputs, logits, name=f"linknet_{encoder}")
-    blocks.smp_initialize_decoder(model)
-    return model
+    return zoo.build(lambda f: linknet_decoder(f.maps, f.channels, prefinal_channels=32, use_norm=use_norm),
+                     num_classes, in_channels, encoder_weights, head_kernel_size=1)

@@ -27,6 +27,7 @@ from keras import ops
 
 from axial_kd_tf.errors import UserError
 from axial_kd_tf.models import blocks
+from axial_kd_tf.models.base import SegmentationModel
 from axial_kd_tf.models.registry import register_architecture
 
 
@@ -137,7 +138,7 @@ def manet_decoder(features: Sequence[Any], channels: Sequence[int], decoder_chan
 def build_manet(
     num_classes: int,
     in_channels: int = 3,
-    encoder: str | None = "resnet34",
+    encoder: str | None = None,
     encoder_weights: str | None = None,
     encoder_depth: int = 5,
     decoder_use_norm: bool | str = "batchnorm",
@@ -153,9 +154,7 @@ def build_manet(
     ``decoder_channels``, ``decoder_pab_channels`` and ``decoder_interpolation`` (``"nearest"`` or ``"bilinear"``).
     Input height and width must be multiples of ``2**encoder_depth``.
     """
-    encoder = encoder or "resnet34"
-    if encoder_depth not in (3, 4, 5):
-        raise UserError(f"model.options encoder_depth for manet must be 3, 4 or 5, got {encoder_depth}")
+    zoo = SegmentationModel("manet", encoder, encoder_depth)
     decoder_channels = [int(c) for c in decoder_channels]
     if len(decoder_channels) != encoder_depth:
         raise UserError(f"model.options decoder_channels for manet needs encoder_depth={encoder_depth} entries, "
@@ -166,16 +165,7 @@ def build_manet(
     if decoder_use_batchnorm is not None:
         decoder_use_norm = decoder_use_batchnorm
     use_norm = blocks.decoder_use_norm(decoder_use_norm, "manet")
-    stride = 2 ** encoder_depth
-
-    from axial_kd_tf.models.encoders import build_encoder  # lazy: options are checked without it
-
-    inputs = keras.Input((None, None, in_channels), name="image")
-    x = blocks.InputSizeCheck(stride, "manet", name="input_size_check")(inputs)
-    feats = build_encoder(encoder, x, weights=encoder_weights, depth=encoder_depth, output_stride=32)
-    x = manet_decoder(feats.maps, feats.channels, decoder_channels, use_norm, int(decoder_pab_channels),
-                      interpolation=decoder_interpolation)
-    logits = blocks.segmentation_head(x, num_classes, kernel_size=3)
-    model = keras.Model(inputs, logits, name=f"manet_{encoder}")
-    blocks.smp_initialize_decoder(model)  # SMP's initialize(): kaiming-uniform decoder convs, zero biases
-    return model
+    return zoo.build(
+        lambda f: manet_decoder(f.maps, f.channels, decoder_channels, use_norm, int(decoder_pab_channels),
+                                interpolation=decoder_interpolation),
+        num_classes, in_channels, encoder_weights)

@@ -28,31 +28,8 @@ import keras
 
 from axial_kd_tf.errors import UserError
 from axial_kd_tf.models import blocks
+from axial_kd_tf.models.base import SegmentationModel
 from axial_kd_tf.models.registry import register_architecture
-
-
-@keras.saving.register_keras_serializable(package="axial_kd_tf")
-class MinInputSize(blocks.SizeCheck):
-    """Identity that rejects inputs whose height or width is below ``minimum`` (see
-    :class:`~axial_kd_tf.models.blocks.SizeCheck` for when)."""
-
-    def __init__(self, minimum: int, arch: str = "this architecture", reason: str = "", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.minimum = int(minimum)
-        self.arch = arch
-        self.reason = reason
-
-    def _bad(self, size: Any) -> Any:
-        return size < self.minimum
-
-    def _message(self, h: Any, w: Any) -> str:
-        reason = f" ({self.reason})" if self.reason else ""
-        return f"{self.arch} needs input height and width of at least {self.minimum}{reason}, got {h}x{w}"
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(minimum=self.minimum, arch=self.arch, reason=self.reason)
-        return config
 
 
 def conv_bn_relu_biased(x: Any, filters: int, kernel_size: int, name: str, relu: bool = True) -> Any:
@@ -121,7 +98,7 @@ def pan_decoder(features: Sequence[Any], channels: Sequence[int], encoder_depth:
 def build_pan(
     num_classes: int,
     in_channels: int = 3,
-    encoder: str | None = "resnet34",
+    encoder: str | None = None,
     encoder_weights: str | None = None,
     encoder_depth: int = 5,
     encoder_output_stride: int = 16,
@@ -136,9 +113,7 @@ def build_pan(
     decoder output is at 1/4 and the logits are returned at the input resolution). Input sides must be multiples of
     the output stride and at least 8× it (the FPA pyramid halves the deepest map three times).
     """
-    encoder = encoder or "resnet34"
-    if encoder_depth not in (3, 4, 5):
-        raise UserError(f"model.options encoder_depth for pan must be 3, 4 or 5, got {encoder_depth}")
+    zoo = SegmentationModel("pan", encoder, encoder_depth)
     if encoder_output_stride not in (16, 32):
         raise UserError(f"model.options encoder_output_stride for pan must be 16 or 32, got {encoder_output_stride}")
     if decoder_interpolation not in ("bilinear", "nearest"):
@@ -147,18 +122,9 @@ def build_pan(
     if upsampling != 4:
         raise UserError(f"model.options upsampling for pan must be 4 (the decoder output is at 1/4), got {upsampling}")
     stride = min(encoder_output_stride, 2 ** encoder_depth)
-    minimum = 8 * stride
-
-    from axial_kd_tf.models.encoders import build_encoder  # lazy: options are checked without it
-
-    inputs = keras.Input((None, None, in_channels), name="image")
-    x = blocks.InputSizeCheck(stride, "pan", name="input_size_check")(inputs)
-    x = MinInputSize(minimum, "pan", f"the feature pyramid attention pools the 1/{stride} map three more times",
-                     name="input_min_size_check")(x)
-    feats = build_encoder(encoder, x, weights=encoder_weights, depth=encoder_depth,
-                          output_stride=encoder_output_stride if encoder_output_stride < 2 ** encoder_depth else 32)
-    x = pan_decoder(feats.maps, feats.channels, encoder_depth, int(decoder_channels), decoder_interpolation)
-    logits = blocks.segmentation_head(x, num_classes, kernel_size=3, upsampling=4)
-    model = keras.Model(inputs, logits, name=f"pan_{encoder}")
-    blocks.smp_initialize_decoder(model)  # SMP's initialize(): kaiming-uniform decoder convs, zero biases
-    return model
+    return zoo.build(
+        lambda f: pan_decoder(f.maps, f.channels, encoder_depth, int(decoder_channels), decoder_interpolation),
+        num_classes, in_channels, encoder_weights,
+        output_stride=encoder_output_stride if encoder_output_stride < 2 ** encoder_depth else 32,
+        min_size=8 * stride, min_size_reason=f"the feature pyramid attention pools the 1/{stride} map three more times",
+        upsampling=4)

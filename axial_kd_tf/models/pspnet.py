@@ -27,6 +27,7 @@ from keras import ops
 
 from axial_kd_tf.errors import UserError
 from axial_kd_tf.models import blocks
+from axial_kd_tf.models.base import SegmentationModel
 from axial_kd_tf.models.registry import register_architecture
 
 
@@ -110,7 +111,7 @@ def pspnet_decoder(features: Sequence[Any], channels: Sequence[int], psp_out_cha
 def build_pspnet(
     num_classes: int,
     in_channels: int = 3,
-    encoder: str | None = "resnet34",
+    encoder: str | None = None,
     encoder_weights: str | None = None,
     encoder_depth: int = 3,
     psp_out_channels: int = 512,
@@ -126,9 +127,7 @@ def build_pspnet(
     ``psp_dropout``, ``upsampling`` (must equal the output stride, ``2**encoder_depth``: this zoo always returns
     logits at the input resolution) and the deprecated alias ``psp_use_batchnorm``.
     """
-    encoder = encoder or "resnet34"
-    if encoder_depth not in (3, 4, 5):
-        raise UserError(f"model.options encoder_depth for pspnet must be 3, 4 or 5, got {encoder_depth}")
+    zoo = SegmentationModel("pspnet", encoder, encoder_depth)
     stride = 2 ** encoder_depth
     if upsampling is not None and upsampling != stride:
         raise UserError(f"model.options upsampling for pspnet must equal the output stride {stride} "
@@ -138,14 +137,5 @@ def build_pspnet(
     if psp_use_batchnorm is not None:
         decoder_use_norm = psp_use_batchnorm
     use_norm = blocks.decoder_use_norm(decoder_use_norm, "pspnet")
-
-    from axial_kd_tf.models.encoders import build_encoder  # lazy: options are checked without it
-
-    inputs = keras.Input((None, None, in_channels), name="image")
-    x = blocks.InputSizeCheck(stride, "pspnet", name="input_size_check")(inputs)
-    feats = build_encoder(encoder, x, weights=encoder_weights, depth=encoder_depth, output_stride=32)
-    x = pspnet_decoder(feats.maps, feats.channels, psp_out_channels, use_norm, float(psp_dropout))
-    logits = blocks.segmentation_head(x, num_classes, kernel_size=3, upsampling=stride)
-    model = keras.Model(inputs, logits, name=f"pspnet_{encoder}")
-    blocks.smp_initialize_decoder(model)  # SMP's initialize(): kaiming-uniform decoder convs, zero biases
-    return model
+    return zoo.build(lambda f: pspnet_decoder(f.maps, f.channels, psp_out_channels, use_norm, float(psp_dropout)),
+                     num_classes, in_channels, encoder_weights, upsampling=stride)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 from typing import Any, Callable
 
 import keras
@@ -10,6 +11,7 @@ import keras
 from axial_kd_tf.errors import UserError
 
 _REGISTRY: dict[str, Callable[..., keras.Model]] = {}
+_ARGUMENTS = ("num_classes", "in_channels", "encoder", "encoder_weights")  # every builder's; the rest are options
 
 
 def register_architecture(name: str) -> Callable[[Callable[..., keras.Model]], Callable[..., keras.Model]]:
@@ -36,15 +38,28 @@ def build_network(
     encoder_weights: str | None = None,
     **options: Any,
 ) -> keras.Model:
-    """Build a registered native architecture (see :func:`available_architectures`)."""
+    """Build a registered native architecture (see :func:`available_architectures`).
+
+    ``options`` are checked against the builder's signature first: an unknown one is a :class:`UserError` that
+    names the closest valid option. Errors raised while building are the builder's own.
+    """
     if arch not in _REGISTRY:
         match = difflib.get_close_matches(arch, list(_REGISTRY), n=1)
         hint = f"; did you mean '{match[0]}'?" if match else ""
         raise UserError(f"unknown model.arch '{arch}'{hint} (available: {', '.join(available_architectures())})")
+    builder = _REGISTRY[arch]
+    arguments = dict(num_classes=num_classes, in_channels=in_channels, encoder=encoder,
+                     encoder_weights=encoder_weights, **options)
+    signature = inspect.signature(builder)
     try:
-        return _REGISTRY[arch](
-            num_classes=num_classes, in_channels=in_channels, encoder=encoder, encoder_weights=encoder_weights,
-            **options,
-        )
-    except TypeError as exc:  # unknown option keyword
-        raise UserError(f"model.options for '{arch}' are invalid: {exc}") from None
+        signature.bind(**arguments)
+    except TypeError as exc:
+        valid = [name for name in signature.parameters if name not in _ARGUMENTS]
+        unknown = [name for name in options if name not in signature.parameters]
+        if not unknown:  # e.g. a required option that is missing
+            raise UserError(f"model.options for '{arch}' are invalid: {exc}") from None
+        match = difflib.get_close_matches(unknown[0], valid, n=1)
+        hint = f"; did you mean '{match[0]}'?" if match else ""
+        raise UserError(f"model.options for '{arch}': unknown option '{unknown[0]}'{hint} "
+                        f"(valid: {', '.join(valid)})") from None
+    return builder(**arguments)

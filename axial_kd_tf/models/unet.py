@@ -28,6 +28,7 @@ import keras
 
 from axial_kd_tf.errors import UserError
 from axial_kd_tf.models import blocks
+from axial_kd_tf.models.base import SegmentationModel
 from axial_kd_tf.models.registry import register_architecture
 
 _ATTENTION_TYPES = (None, "scse")
@@ -68,7 +69,7 @@ def unet_decoder(
 def build_unet(
     num_classes: int,
     in_channels: int = 3,
-    encoder: str | None = "resnet34",
+    encoder: str | None = None,
     encoder_weights: str | None = None,
     encoder_depth: int = 5,
     decoder_use_norm: bool | str = "batchnorm",
@@ -84,11 +85,7 @@ def build_unet(
     ``decoder_channels``, ``decoder_attention_type`` (None or ``"scse"``) and ``decoder_interpolation``
     (``"nearest"`` or ``"bilinear"``). Any input height and width work.
     """
-    from axial_kd_tf.models.encoders import build_encoder  # lazy: the encoder module registers its own names
-
-    encoder = encoder or "resnet34"
-    if encoder_depth not in (3, 4, 5):
-        raise UserError(f"model.options encoder_depth for unet must be 3, 4 or 5, got {encoder_depth}")
+    zoo = SegmentationModel("unet", encoder, encoder_depth)
     decoder_channels = [int(c) for c in decoder_channels]
     if len(decoder_channels) != encoder_depth:
         raise UserError(f"model.options decoder_channels for unet needs encoder_depth={encoder_depth} entries, "
@@ -102,12 +99,7 @@ def build_unet(
     if decoder_use_batchnorm is not None:
         decoder_use_norm = decoder_use_batchnorm
     use_norm = blocks.decoder_use_norm(decoder_use_norm, "unet")
-
-    inputs = keras.Input((None, None, in_channels), name="image")
-    feats = build_encoder(encoder, inputs, weights=encoder_weights, depth=encoder_depth, output_stride=32)
-    x = unet_decoder(feats.maps, feats.channels, decoder_channels, use_norm, decoder_attention_type,
-                     center=encoder.startswith("vgg"), interpolation=decoder_interpolation)
-    logits = blocks.segmentation_head(x, num_classes, kernel_size=3)
-    model = keras.Model(inputs, logits, name=f"unet_{encoder}")
-    blocks.smp_initialize_decoder(model)
-    return model
+    return zoo.build(
+        lambda f: unet_decoder(f.maps, f.channels, decoder_channels, use_norm, decoder_attention_type,
+                               center=zoo.encoder.startswith("vgg"), interpolation=decoder_interpolation),
+        num_classes, in_channels, encoder_weights, check_size=False)

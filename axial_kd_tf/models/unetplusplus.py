@@ -27,6 +27,7 @@ import keras
 
 from axial_kd_tf.errors import UserError
 from axial_kd_tf.models import blocks
+from axial_kd_tf.models.base import SegmentationModel
 from axial_kd_tf.models.registry import register_architecture
 
 
@@ -71,7 +72,7 @@ def unetplusplus_decoder(
 def build_unetplusplus(
     num_classes: int,
     in_channels: int = 3,
-    encoder: str | None = "resnet34",
+    encoder: str | None = None,
     encoder_weights: str | None = None,
     encoder_depth: int = 5,
     decoder_use_norm: bool | str = "batchnorm",
@@ -86,11 +87,7 @@ def build_unetplusplus(
     alias), ``decoder_channels`` and ``decoder_attention_type`` (None or ``"scse"``). Input height and width must be
     multiples of ``2**encoder_depth``.
     """
-    from axial_kd_tf.models.encoders import build_encoder  # lazy: the encoder module registers its own names
-
-    encoder = encoder or "resnet34"
-    if encoder_depth not in (3, 4, 5):
-        raise UserError(f"model.options encoder_depth for unetplusplus must be 3, 4 or 5, got {encoder_depth}")
+    zoo = SegmentationModel("unetplusplus", encoder, encoder_depth)
     decoder_channels = [int(c) for c in decoder_channels]
     if len(decoder_channels) < encoder_depth:
         raise UserError(f"model.options decoder_channels for unetplusplus needs encoder_depth={encoder_depth} "
@@ -101,13 +98,6 @@ def build_unetplusplus(
     if decoder_use_batchnorm is not None:
         decoder_use_norm = decoder_use_batchnorm
     use_norm = blocks.decoder_use_norm(decoder_use_norm, "unetplusplus")
-    stride = 2 ** encoder_depth
-
-    inputs = keras.Input((None, None, in_channels), name="image")
-    x = blocks.InputSizeCheck(stride, "unetplusplus", name="input_size_check")(inputs)
-    feats = build_encoder(encoder, x, weights=encoder_weights, depth=encoder_depth, output_stride=32)
-    x = unetplusplus_decoder(feats.maps, feats.channels, decoder_channels, use_norm, decoder_attention_type)
-    logits = blocks.segmentation_head(x, num_classes, kernel_size=3)
-    model = keras.Model(inputs, logits, name=f"unetplusplus_{encoder}")
-    blocks.smp_initialize_decoder(model)
-    return model
+    return zoo.build(
+        lambda f: unetplusplus_decoder(f.maps, f.channels, decoder_channels, use_norm, decoder_attention_type),
+        num_classes, in_channels, encoder_weights)
