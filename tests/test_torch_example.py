@@ -4,7 +4,7 @@ One subprocess runs under ``KERAS_BACKEND=torch`` (this file as a script, as tes
 imports the TensorFlow-free modules first and records whether TensorFlow came with them, then trains the example's
 student and head for a few steps at 32², records the loss parts, which head weights received gradients and moved,
 and the head's output on a fixed input, with the weights it had. This process (TensorFlow) builds the same head from
-its config, loads those weights and computes the same outputs.
+its config, loads those weights and computes the same outputs. The worker also runs README.md's PyTorch block.
 """
 
 from __future__ import annotations
@@ -21,9 +21,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from readme_snippets import python_block  # tests/readme_snippets.py
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "torch_self_distillation.py"
 K, STEPS = 3, 10
+README_PRELUDE = """
+import torch
+class MySegNet(torch.nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, num_classes, 3, padding=1)
+    def forward(self, x):
+        return self.conv(x)
+_g = torch.Generator().manual_seed(0)
+loader = [(torch.randn(2, 1, 16, 16, generator=_g), torch.randint(0, 5, (2, 16, 16), generator=_g)) for _ in range(3)]
+"""
 HEAD_ARGS = ("num_classes", "hidden_dim", "num_heads", "key_dim", "max_span", "use_positional_encoding",
              "use_normalization", "pool_size", "detach_input", "residual", "gate_init", "gate_trainable", "num_blocks")
 
@@ -71,6 +84,12 @@ def _torch_worker(work: Path) -> None:
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         meta["bad_size"] = [ex.main(["--size", "7"]), err.getvalue().strip()]
+
+    # The README's PyTorch block, with a network and a loader of three batches for its placeholders.
+    namespace: dict = {}
+    exec(README_PRELUDE + python_block('os.environ["KERAS_BACKEND"] = "torch"'), namespace)  # noqa: S102
+    meta["readme"] = {"loss": float(namespace["loss"].detach()), "gate": float(namespace["head"].gate.value.detach()),
+                      "parts": sorted(namespace["parts"])}
     np.savez(work / "torch.npz", **out)
     (work / "torch.json").write_text(json.dumps(meta))
 
@@ -125,6 +144,12 @@ def test_the_head_computes_under_torch_what_it_computes_under_tensorflow(torch_r
     want = keras.ops.convert_to_numpy(head(arrays["z"], training=mode == "train"))
     np.testing.assert_allclose(arrays[mode], want, rtol=1e-5, atol=1e-5)
     assert np.abs(want - arrays["z"]).max() > 1e-3  # the teacher is not the identity here
+
+
+def test_the_readme_pytorch_block_trains_the_head(torch_run):
+    readme = torch_run["meta"]["readme"]
+    assert np.isfinite(readme["loss"]) and readme["gate"] != 0.0  # the optimizer holds the head's weights
+    assert {"student_ce", "teacher_ce", "distill_loss", "loss"} <= set(readme["parts"])
 
 
 def test_the_example_rejects_a_bad_size_in_one_line(torch_run):
