@@ -40,6 +40,7 @@ import json
 import os
 import platform
 import random
+import re
 import statistics
 import sys
 import time
@@ -382,13 +383,17 @@ def seed_all(seed: int, name: str) -> None:
         torch.manual_seed(seed)
 
 
+# torch.cuda.OutOfMemoryError ("CUDA out of memory"), XLA's RESOURCE_EXHAUSTED (JAX), TensorFlow's
+# ResourceExhaustedError / "OOM when allocating".
+_OOM = re.compile(r"OutOfMemory|out of memory|RESOURCE_EXHAUSTED|ResourceExhausted|\bOOM\b", re.IGNORECASE)
+
+
 def _error(exc: BaseException) -> str:
     """One line; out-of-memory errors of the three backends (and the host's) start with ``out of memory``."""
     text = " ".join(str(exc).split())
     text = text if len(text) <= 300 else text[:240] + " … " + text[-60:]
     kind = type(exc).__name__
-    if isinstance(exc, MemoryError) or any(s in f"{kind} {text}" for s in (
-            "OutOfMemory", "out of memory", "RESOURCE_EXHAUSTED", "ResourceExhausted", "Out of memory", "OOM")):
+    if isinstance(exc, MemoryError) or _OOM.search(f"{kind} {text}"):
         return f"out of memory: {kind}: {text}"
     return f"{kind}: {text}" if text else kind
 

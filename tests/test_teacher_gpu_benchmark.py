@@ -40,6 +40,18 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, capsys, argv: list, 
     assert not out.exists()
 
 
+@pytest.mark.parametrize("exc,oom", [
+    (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),  # torch.cuda.OutOfMemoryError's text
+    (RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8589934592 bytes."), True),  # XLA/JAX
+    (RuntimeError("OOM when allocating tensor with shape[2,1024,1024,1024]"), True),  # TensorFlow
+    (MemoryError(), True),
+    (ValueError("Input 0 of layer 'ROOM' is incompatible"), False),
+])
+def test_out_of_memory_errors_of_each_backend_are_recognised(exc: Exception, oom: bool) -> None:
+    message = load_benchmark("teacher_gpu")._error(exc)
+    assert message.startswith("out of memory: ") == oom and "\n" not in message
+
+
 def _check_payload(payload: dict, out: Path, backend: str, pools: list[int]) -> None:
     assert payload["device"]["backend"] == backend and payload["device"]["accelerator"] is False
     assert [(r["arch"], r["size"], r["batch"], r["precision"], r["pool"]) for r in payload["rows"]] == [
