@@ -11,7 +11,9 @@ Paper: "Improving segmentation accuracy with self-distillation" (Hotta lab, Meij
   CE is softmax cross-entropy from logits (optionally class-weighted, pixels equal to ``ignore_index`` excluded);
   ``D`` distils the teacher into the student: the paper's MSE on logits, an MSE on softmax probabilities, or a
   temperature-scaled KL divergence, optionally over the pixels the teacher gets right only, with the gradient stopped
-  into the teacher by default (the teacher is the target of that term). See docs/method.md.
+  into the teacher by default (the teacher is the target of that term). See docs/method.md. The loss itself is
+  :func:`axial_kd_tf.losses.self_distillation_loss` (``keras.ops`` only, no TensorFlow: PyTorch and JAX training
+  loops use it too); its pieces are re-exported here.
 * At deployment the student alone runs: it *is* the wrapped network, layer for layer.
 
 ``distill.enabled: false`` is the paper's "without" baseline: the same trainer with the student output only and
@@ -27,6 +29,17 @@ import tensorflow as tf
 from keras import ops
 
 from axial_kd_tf.layers.teacher_head import AxialTeacherHead
+# The loss lives in the TensorFlow-free axial_kd_tf.losses (PyTorch / JAX use it too); re-exported here.
+from axial_kd_tf.losses import (  # noqa: F401
+    MASKS,
+    TARGETS,
+    check_loss_options,
+    distillation_loss,
+    distillation_map,
+    distillation_mask,
+    self_distillation_loss,
+    softmax_cross_entropy,
+)
 from axial_kd_tf.metrics import ConfusionMatrixIoU
 
 STUDENT = "student"
@@ -80,116 +93,6 @@ def teacher_network(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, model.output[TEACHER], name="teacher")
 
 
-# ------------------------------------------------------------------------------------------------------- losses
-def softmax_cross_entropy(
-    labels: Any,
-    logits: Any,
-    ignore_index: int | None = None,
-    class_weights: Sequence[float] | None = None,
-) -> Any:
-    """Mean pixel-wise softmax cross-entropy from logits.
-
-    Pixels labelled ``ignore_index`` are excluded. With ``class_weights`` the mean is weighted by the weight of each
-    pixel's true class (as ``torch.nn.CrossEntropyLoss(weight=...)``); without, it is the plain mean (the paper's CE).
-    """
-    labels = ops.cast(labels, "int32")
-    logits = ops.cast(logits, "float32")
-    if ignore_index is not None:
-        valid = ops.not_equal(labels, ignore_index)
-        labels = ops.where(valid, labels, ops.zeros_like(labels))
-        weights = ops.cast(valid, "float32")
-    else:
-        weights = ops.ones_like(labels, dtype="float32")
-    if class_weights is not None:
-        cw = ops.convert_to_tensor(list(class_weights), dtype="float32")
-        weights = weights * ops.take(cw, labels, axis=0)
-    ce = ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-    return ops.sum(ce * weights) / ops.maximum(ops.sum(weights), 1e-12)
-
-
-TARGETS = ("logits", "probabilities", "kl")
-MASKS = ("none", "teacher_correct", "teacher_better", "teacher_confident")
-
-
-def distillation_map(student: Any, teacher: Any, target: str = "logits", temperature: float = 1.0,
-                     stop_gradient_teacher: bool = True) -> Any:
-    """Per-pixel distillation loss ``[B, H, W]`` pulling the student towards the teacher.
-
-    * ``logits``: mean over the K classes of ``(s − t)²`` (the paper's MSE between the two outputs);
-    * ``probabilities``: the same on softmax probabilities;
-    * ``kl``: ``T² · KL(softmax(t/T) ‖ softmax(s/T))`` (Hinton et al., "Distilling the knowledge in a neural
-      network", 2015); ``T²`` keeps the gradient scale independent of ``T``.
-
-    With ``stop_gradient_teacher`` the teacher is a constant target of this term.
-    """
-    s = ops.cast(student, "float32")
-    t = ops.cast(teacher, "float32")
-    if stop_gradient_teacher:
-        t = ops.stop_gradient(t)
-    if target == "logits":
-        return ops.mean(ops.square(s - t), axis=-1)
-    if target == "probabilities":
-        return ops.mean(ops.square(ops.softmax(s, axis=-1) - ops.softmax(t, axis=-1)), axis=-1)
-    if target == "kl":
-        temperature = float(temperature)
-        log_ps = ops.log_softmax(s / temperature, axis=-1)
-        log_pt = ops.log_softmax(t / temperature, axis=-1)
-        return temperature**2 * ops.sum(ops.exp(log_pt) * (log_pt - log_ps), axis=-1)
-    raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
-
-
-def distillation_mask(labels: Any, student: Any, teacher: Any, mask: str = "none") -> Any:
-    """Which pixels are distilled (``[B, H, W]`` float 0/1, no gradient).
-
-    * ``none``: every pixel;
-    * ``teacher_correct``: pixels where the teacher's argmax is the label (the teacher only teaches what it gets
-      right, so a class it misses is not taken from the student);
-    * ``teacher_better``: pixels where the teacher gives the *label* a higher softmax probability than the student
-      does, so the term only pulls the student towards a distribution that is closer to the label there (on the
-      other pixels distillation would work against the student's CE);
-    * ``teacher_confident``: pixels where the teacher's top softmax probability exceeds the student's.
-    """
-    if mask == "none":
-        return ops.ones(ops.shape(student)[:-1], dtype="float32")
-    t = ops.stop_gradient(ops.cast(teacher, "float32"))
-    if mask == "teacher_correct":
-        return ops.cast(ops.equal(ops.argmax(t, axis=-1), ops.cast(labels, "int32")), "float32")
-    if mask == "teacher_better":
-        s = ops.stop_gradient(ops.cast(student, "float32"))
-        labels = ops.cast(labels, "int32")
-        num_classes = ops.shape(t)[-1]
-        # A label outside [0, K) (an ignore_index such as 255) has no probability to compare: not distilled, as with
-        # teacher_correct, whose argmax never equals it.
-        valid = ops.logical_and(ops.greater_equal(labels, 0), ops.less(labels, num_classes))
-        y = ops.clip(labels, 0, num_classes - 1)[..., None]
-        p_t = ops.take_along_axis(ops.softmax(t, axis=-1), y, axis=-1)[..., 0]
-        p_s = ops.take_along_axis(ops.softmax(s, axis=-1), y, axis=-1)[..., 0]
-        return ops.cast(ops.logical_and(valid, ops.greater(p_t, p_s)), "float32")
-    if mask == "teacher_confident":
-        s = ops.stop_gradient(ops.cast(student, "float32"))
-        conf_t = ops.max(ops.softmax(t, axis=-1), axis=-1)
-        conf_s = ops.max(ops.softmax(s, axis=-1), axis=-1)
-        return ops.cast(ops.greater(conf_t, conf_s), "float32")
-    raise ValueError(f"mask must be one of {', '.join(MASKS)}, got {mask!r}")
-
-
-def distillation_loss(
-    student: Any,
-    teacher: Any,
-    target: str = "logits",
-    temperature: float = 1.0,
-    stop_gradient_teacher: bool = True,
-    pixel_weights: Any = None,
-) -> Any:
-    """Mean of :func:`distillation_map` over pixels; with ``pixel_weights`` (``[B, H, W]``, e.g. a mask times the
-    valid pixels) the weighted sum divided by the number of pixels, so a mask lowers the term instead of
-    re-weighting the pixels it keeps."""
-    per_pixel = distillation_map(student, teacher, target, temperature, stop_gradient_teacher)
-    if pixel_weights is None:
-        return ops.mean(per_pixel)
-    return ops.sum(per_pixel * pixel_weights) / ops.cast(ops.size(per_pixel), "float32")
-
-
 # ------------------------------------------------------------------------------------------------------ trainer
 class DistillationTrainer(keras.Model):
     """Trains a :func:`build_distillation_model` model with the self-distillation loss (or CE only, the baseline).
@@ -230,12 +133,7 @@ class DistillationTrainer(keras.Model):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if target not in TARGETS:
-            raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
-        if mask not in MASKS:
-            raise ValueError(f"mask must be one of {', '.join(MASKS)}, got {mask!r}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        check_loss_options(target, temperature, mask)
         self.network = network
         self.num_classes = int(num_classes)
         self.class_names = list(class_names) if class_names else [f"class{i}" for i in range(num_classes)]
@@ -281,26 +179,17 @@ class DistillationTrainer(keras.Model):
         return self.distill_weight * ops.minimum(step / float(self.warmup_steps), 1.0)
 
     def compute_loss_terms(self, labels: Any, outputs: Mapping[str, Any]) -> dict:
-        """The loss, its logged terms and the teacher diagnostics for one batch (the paper's Eq. 1)."""
-        ce = dict(ignore_index=self.ignore_index, class_weights=self.class_weights)
-        student = outputs[STUDENT]
-        terms = {"student_ce": softmax_cross_entropy(labels, student, **ce)}
-        terms["ce_loss"] = self.student_weight * terms["student_ce"]
-        terms["weighted_distill"] = ops.zeros((), dtype="float32")
-        if self.has_teacher:
-            teacher = outputs[TEACHER]
-            terms["teacher_ce"] = softmax_cross_entropy(labels, teacher, **ce)
-            pixel_mask = distillation_mask(labels, student, teacher, self.mask)
-            terms["distill_loss"] = distillation_loss(
-                student, teacher, self.target, self.temperature, self.stop_gradient_teacher,
-                pixel_weights=None if self.mask == "none" else pixel_mask,
-            )
-            terms["ce_loss"] = terms["ce_loss"] + self.teacher_weight * terms["teacher_ce"]
-            terms["distill_weight"] = self.current_distill_weight()
-            terms["weighted_distill"] = terms["distill_weight"] * terms["distill_loss"]
-            terms.update(teacher_diagnostics(student, teacher))
-            terms["distill_mask_share"] = ops.mean(pixel_mask)
-        terms["loss"] = terms["ce_loss"] + terms["weighted_distill"]
+        """The loss, its logged terms and the teacher diagnostics for one batch (the paper's Eq. 1, through
+        :func:`axial_kd_tf.losses.self_distillation_loss`)."""
+        teacher = outputs[TEACHER] if self.has_teacher else None
+        _, terms = self_distillation_loss(
+            labels, outputs[STUDENT], teacher, target=self.target, temperature=self.temperature, mask=self.mask,
+            weights=(self.student_weight, self.teacher_weight, self.current_distill_weight()),
+            ignore_index=self.ignore_index, class_weights=self.class_weights,
+            stop_gradient_teacher=self.stop_gradient_teacher,
+        )
+        if teacher is not None:
+            terms.update(teacher_diagnostics(outputs[STUDENT], teacher))
         return terms
 
     def _update_metrics(self, labels: Any, outputs: Mapping[str, Any], terms: Mapping[str, Any]) -> dict:
