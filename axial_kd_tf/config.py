@@ -102,7 +102,8 @@ class DistillConfig:
 
     ``target``: D is the MSE on ``logits`` (the paper), on ``probabilities``, or ``kl`` (T²·KL at ``temperature``);
     ``mask``: distil every pixel (``none``), only where the teacher is right (``teacher_correct``), gives the label a
-    higher probability than the student (``teacher_better``) or is more confident than it (``teacher_confident``); ``warmup``: w_d ramps linearly from 0 over this fraction of training.
+    higher probability than the student (``teacher_better``) or is more confident than it (``teacher_confident``); ``warmup``: w_d ramps linearly from 0 over this fraction of training; ``delay``: w_d is 0 for this fraction of
+    training first (the ramp starts after it).
     """
 
     enabled: bool = True
@@ -115,6 +116,7 @@ class DistillConfig:
     temperature: float = 2.0
     mask: Literal["none", "teacher_correct", "teacher_better", "teacher_confident"] = "teacher_correct"
     warmup: float = 0.0
+    delay: float = 0.0
     stop_gradient_teacher: bool = True
     ignore_index: Optional[int] = None
     class_weights: Optional[list] = None
@@ -308,6 +310,7 @@ def _validate_ranges(cfg: Config) -> None:
         _check(getattr(d, key) >= 0, f"distill.{key}", "must be >= 0")
     _check(d.temperature > 0, "distill.temperature", "must be > 0")
     _check(0.0 <= d.warmup <= 1.0, "distill.warmup", "must be a fraction of training in [0, 1]")
+    _check(0.0 <= d.delay < 1.0, "distill.delay", "must be a fraction of training in [0, 1)")
     # Masks are uint8 class ids: any other value could never match a pixel, so nothing would be ignored.
     _check(d.ignore_index is None or 0 <= d.ignore_index <= 255, "distill.ignore_index",
            "must be a mask label in 0..255 (masks are 8-bit class ids) or null")

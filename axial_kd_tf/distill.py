@@ -100,7 +100,8 @@ class DistillationTrainer(keras.Model):
     Loss (paper Eq. 1, generalised): ``w_s·CE(student) + w_t·CE(teacher) + w_d(step)·D(student, teacher)`` where
     ``D`` is :func:`distillation_loss` (``target``, ``temperature``) over the pixels chosen by ``mask``
     (:func:`distillation_mask`), and ``w_d(step)`` ramps linearly from 0 to ``distill_weight`` over the first
-    ``warmup_steps`` optimizer steps (the teacher learns something before it teaches).
+    ``warmup_steps`` optimizer steps (the teacher learns something before it teaches), after ``delay_steps`` steps at
+    ``w_d = 0`` (the student trains as the baseline does, with the teacher head learning beside it).
 
     Logged per epoch: ``loss``, ``student_ce``, ``teacher_ce``, ``distill_loss``; ``student_miou``,
     ``student_iou_<class>`` (and the same for ``teacher_``) from a confusion matrix accumulated over the whole epoch;
@@ -127,6 +128,7 @@ class DistillationTrainer(keras.Model):
         temperature: float = 2.0,
         mask: str = "teacher_correct",
         warmup_steps: int = 0,
+        delay_steps: int = 0,
         stop_gradient_teacher: bool = True,
         ignore_index: int | None = None,
         class_weights: Sequence[float] | None = None,
@@ -145,6 +147,7 @@ class DistillationTrainer(keras.Model):
         self.temperature = float(temperature)
         self.mask = mask
         self.warmup_steps = int(warmup_steps)
+        self.delay_steps = int(delay_steps)
         self.stop_gradient_teacher = bool(stop_gradient_teacher)
         self.ignore_index = ignore_index
         self.class_weights = list(class_weights) if class_weights is not None else None
@@ -172,11 +175,13 @@ class DistillationTrainer(keras.Model):
         return m + ([self.teacher_iou] if self.teacher_iou is not None else [])
 
     def current_distill_weight(self) -> Any:
-        """``w_d`` at the current optimizer step: a linear ramp over ``warmup_steps`` (float32 scalar)."""
-        if self.warmup_steps <= 0 or getattr(self, "optimizer", None) is None:
+        """``w_d`` at the current optimizer step (float32 scalar): 0 for the first ``delay_steps`` steps, then a
+        linear ramp over ``warmup_steps``, then ``distill_weight``."""
+        if (self.warmup_steps <= 0 and self.delay_steps <= 0) or getattr(self, "optimizer", None) is None:
             return ops.convert_to_tensor(self.distill_weight, dtype="float32")
-        step = ops.cast(self.optimizer.iterations, "float32") + 1.0
-        return self.distill_weight * ops.minimum(step / float(self.warmup_steps), 1.0)
+        step = ops.cast(self.optimizer.iterations, "float32") + 1.0 - float(self.delay_steps)
+        ramp = ops.minimum(step / float(max(self.warmup_steps, 1)), 1.0)
+        return self.distill_weight * ops.maximum(ramp, 0.0)
 
     def compute_loss_terms(self, labels: Any, outputs: Mapping[str, Any]) -> dict:
         """The loss, its logged terms and the teacher diagnostics for one batch (the paper's Eq. 1, through

@@ -103,7 +103,8 @@ def build_model_from_config(cfg: Config, num_classes: int, in_channels: int) -> 
 
 def make_trainer(cfg: Config, model: keras.Model, class_names: tuple[str, ...], total_steps: int = 0
                  ) -> DistillationTrainer:
-    """The trainer for ``cfg.distill``; ``total_steps`` (epochs × steps per epoch) sizes the ``distill.warmup`` ramp."""
+    """The trainer for ``cfg.distill``; ``total_steps`` (epochs × steps per epoch) sizes the ``distill.warmup`` ramp
+    and the ``distill.delay``."""
     d = cfg.distill
     if d.class_weights is not None and len(d.class_weights) != len(class_names):
         raise UserError(
@@ -119,6 +120,7 @@ def make_trainer(cfg: Config, model: keras.Model, class_names: tuple[str, ...], 
         model, num_classes=len(class_names), class_names=class_names, student_weight=d.student_weight,
         teacher_weight=d.teacher_weight, distill_weight=d.distill_weight, target=d.target,
         temperature=d.temperature, mask=d.mask, warmup_steps=int(round(d.warmup * total_steps)),
+        delay_steps=int(round(d.delay * total_steps)),
         stop_gradient_teacher=d.stop_gradient_teacher, ignore_index=d.ignore_index, class_weights=d.class_weights,
         name="trainer",
     )

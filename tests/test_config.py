@@ -225,6 +225,8 @@ def test_ints_are_accepted_for_float_fields_and_stored_as_float():
         (_with("distill", temperature=0), "distill.temperature"),
         (_with("distill", warmup=1.5), "distill.warmup"),
         (_with("distill", warmup=-0.1), "distill.warmup"),
+        (_with("distill", delay=1.0), "distill.delay"),
+        (_with("distill", delay=-0.1), "distill.delay"),
         (_with("teacher", num_blocks=0), "teacher.num_blocks"),
         (_with("teacher", num_blocks=5), "teacher.num_blocks"),
         (_with("teacher", gate_init=0.0, gate_trainable=False), "teacher.gate_init"),

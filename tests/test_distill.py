@@ -256,6 +256,17 @@ def test_distill_weight_warmup_ramps_linearly():
     assert float(_trainer(distill_weight=2.0).current_distill_weight()) == 2.0
 
 
+@pytest.mark.parametrize("warmup, expected", [(0, [0.0, 0.0, 2.0, 2.0]), (2, [0.0, 0.0, 1.0, 2.0])])
+def test_distill_weight_delay_keeps_it_at_zero_first(warmup, expected):
+    trainer = _trainer(distill_weight=2.0, warmup_steps=warmup, delay_steps=2)
+    x, y = _batch()
+    seen = []
+    for _ in range(4):
+        seen.append(float(trainer.current_distill_weight()))
+        trainer.train_on_batch(x, y, return_dict=True)
+    np.testing.assert_allclose(seen, expected, rtol=1e-6)
+
+
 def test_gradient_diagnostics():
     x, y = _batch(4)
     trainer = _trainer(target="logits", temperature=1.0, mask="none")  # exact zeros: the MSE's gradient at t = s

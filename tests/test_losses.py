@@ -52,7 +52,7 @@ def test_defaults_are_the_configs_defaults():
         assert params[name].default == getattr(cfg, name), name
     assert tuple(params["weights"].default) == (cfg.student_weight, cfg.teacher_weight, cfg.distill_weight)
     assert {f.name for f in dataclasses.fields(DistillConfig)} - set(params) == {
-        "enabled", "student_weight", "teacher_weight", "distill_weight", "warmup"}
+        "enabled", "student_weight", "teacher_weight", "distill_weight", "warmup", "delay"}
 
 
 @pytest.mark.parametrize("form", [DEFAULTS, PAPER], ids=["defaults", "paper"])
