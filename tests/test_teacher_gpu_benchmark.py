@@ -62,6 +62,7 @@ def _check_payload(payload: dict, out: Path, backend: str, pools: list[int]) -> 
             "peak memory base → teacher |") in md  # the columns
 
 
+@pytest.mark.slow  # ~60 s under load; the OOM patterns are checked in the default tier above
 def test_tensorflow_run_reports_an_out_of_memory_cell_in_its_row(tmp_path: Path, monkeypatch) -> None:
     bench = load_benchmark("teacher_gpu")
     real_build = bench.build_model
