@@ -101,8 +101,8 @@ class DistillConfig:
     """Loss = w_s·CE(student) + w_t·CE(teacher) + w_d·D(student, teacher). ``enabled: false`` = CE-only baseline.
 
     ``target``: D is the MSE on ``logits`` (the paper), on ``probabilities``, or ``kl`` (T²·KL at ``temperature``);
-    ``mask``: distil every pixel (``none``), only where the teacher is right (``teacher_correct``), gives the label a
-    higher probability than the student (``teacher_better``) or is more confident than it (``teacher_confident``);
+    ``mask``: distil every pixel (``none``), only where the teacher is right (``teacher_correct``), right where the
+    student is wrong (``teacher_fixes``), gives the label a higher probability than the student (``teacher_better``) or is more confident than it (``teacher_confident``);
     ``warmup``: w_d ramps linearly from 0 over this fraction of training; ``delay``: w_d is 0 for this fraction of
     training first (the ramp starts after it).
     """
@@ -115,7 +115,7 @@ class DistillConfig:
     # mask: none with teacher.detach_input: false.
     target: Literal["logits", "probabilities", "kl"] = "kl"
     temperature: float = 2.0
-    mask: Literal["none", "teacher_correct", "teacher_better", "teacher_confident"] = "teacher_correct"
+    mask: Literal["none", "teacher_correct", "teacher_fixes", "teacher_better", "teacher_confident"] = "teacher_correct"
     warmup: float = 0.0
     delay: float = 0.0
     stop_gradient_teacher: bool = True

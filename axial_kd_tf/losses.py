@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from keras import ops
 
 TARGETS = ("logits", "probabilities", "kl")
-MASKS = ("none", "teacher_correct", "teacher_better", "teacher_confident")
+MASKS = ("none", "teacher_correct", "teacher_fixes", "teacher_better", "teacher_confident")
 
 
 def softmax_cross_entropy(
@@ -84,6 +84,9 @@ def distillation_mask(labels: Any, student: Any, teacher: Any, mask: str = "none
     * ``none``: every pixel;
     * ``teacher_correct``: pixels where the teacher's argmax is the label (the teacher only teaches what it gets
       right, so a class it misses is not taken from the student);
+    * ``teacher_fixes``: pixels where the teacher's argmax is the label and the student's is not: the term only
+      corrects the student's errors, and leaves alone the pixels both get right (there a softened teacher that is
+      surer of the majority class would push a rare class's logit down at every pixel, which CE alone does not);
     * ``teacher_better``: pixels where the teacher gives the *label* a higher softmax probability than the student
       does, so the term only pulls the student towards a distribution that is closer to the label there (on the
       other pixels distillation would work against the student's CE);
@@ -94,6 +97,12 @@ def distillation_mask(labels: Any, student: Any, teacher: Any, mask: str = "none
     t = ops.stop_gradient(ops.cast(teacher, "float32"))
     if mask == "teacher_correct":
         return ops.cast(ops.equal(ops.argmax(t, axis=-1), ops.cast(labels, "int32")), "float32")
+    if mask == "teacher_fixes":
+        s = ops.stop_gradient(ops.cast(student, "float32"))
+        labels = ops.cast(labels, "int32")
+        teacher_right = ops.equal(ops.argmax(t, axis=-1), labels)
+        student_wrong = ops.not_equal(ops.argmax(s, axis=-1), labels)
+        return ops.cast(ops.logical_and(teacher_right, student_wrong), "float32")
     if mask == "teacher_better":
         s = ops.stop_gradient(ops.cast(student, "float32"))
         labels = ops.cast(labels, "int32")

@@ -115,6 +115,9 @@ def test_distillation_masks_match_numpy():
     np.testing.assert_array_equal(np.asarray(distillation_mask(y, s, t, "none")), np.ones((2, 5, 5)))
     np.testing.assert_array_equal(np.asarray(distillation_mask(y, s, t, "teacher_correct")),
                                   (t.argmax(-1) == y).astype("float32"))
+    fixes = (t.argmax(-1) == y) & (s.argmax(-1) != y)
+    assert 0 < fixes.mean() < 1
+    np.testing.assert_array_equal(np.asarray(distillation_mask(y, s, t, "teacher_fixes")), fixes.astype("float32"))
     p_t, p_s = _np_softmax(t), _np_softmax(s)
     better = np.take_along_axis(p_t, y[..., None], -1)[..., 0] > np.take_along_axis(p_s, y[..., None], -1)[..., 0]
     assert 0 < better.mean() < 1  # the fixture exercises both outcomes
