@@ -102,7 +102,8 @@ class DistillConfig:
 
     ``target``: D is the MSE on ``logits`` (the paper), on ``probabilities``, or ``kl`` (T²·KL at ``temperature``);
     ``mask``: distil every pixel (``none``), only where the teacher is right (``teacher_correct``), right where the
-    student is wrong (``teacher_fixes``), gives the label a higher probability than the student (``teacher_better``) or is more confident than it (``teacher_confident``);
+    student is wrong (``teacher_fixes``), gives the label a higher probability than the student (``teacher_better``)
+    or is more confident than it (``teacher_confident``);
     ``warmup``: w_d ramps linearly from 0 over this fraction of training; ``delay``: w_d is 0 for this fraction of
     training first (the ramp starts after it).
     """
