@@ -70,6 +70,7 @@ class ModelConfig:
     library: Literal["native", "segmentation_models"] = "native"
     arch: str = "simple_unet"
     encoder: Optional[str] = None
+    # null, imagenet, or (resnet18/resnet34) the path of a torchvision .pth state dict; README "ImageNet weights".
     encoder_weights: Optional[str] = None
     options: dict = field(default_factory=dict)
 
