@@ -48,7 +48,9 @@ import keras
 import numpy as np
 
 from axial_kd_tf.errors import UserError
+from axial_kd_tf.models import torchvision_weights as tv
 from axial_kd_tf.models.blocks import BN_MOMENTUM, batch_norm, conv2d
+from axial_kd_tf.models.torchvision_weights import NATIVE_RESNETS, adapt_first_conv_kernel
 
 PREFIX = "encoder_"  # every encoder layer's name starts with it
 
@@ -71,7 +73,6 @@ class Features:
 # Native torchvision ResNets (basic blocks)
 # --------------------------------------------------------------------------------------------------------------
 
-NATIVE_RESNETS: dict[str, tuple[int, ...]] = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 
 
 Layers = dict[str, keras.layers.Layer]  # name → layer, the conv/BN layers of a native resnet (to load weights into)
@@ -355,19 +356,6 @@ def _uninitialized_variables() -> Any:
         global_state.set_global_attribute(key, pending)
 
 
-def adapt_first_conv_kernel(kernel: np.ndarray, in_channels: int) -> np.ndarray:
-    """SMP's ``patch_first_conv`` for a Keras ``(kh, kw, 3, out)`` kernel.
-
-    ``in_channels == 1``: the sum over the RGB kernels; otherwise the RGB kernels repeated cyclically up to
-    ``in_channels`` and scaled by ``3 / in_channels`` (so a grey image repeated on all channels keeps the response).
-    """
-    rgb = kernel.shape[2]
-    if in_channels == 1:
-        return kernel.sum(axis=2, keepdims=True)
-    idx = np.arange(in_channels) % rgb
-    return kernel[:, :, idx, :] * (rgb / in_channels)
-
-
 def _copy_weights(pairs: list, name: str) -> None:
     adapted = 0
     for old, new in pairs:
@@ -470,7 +458,6 @@ def build_encoder(name: str, inputs: Any, weights: Optional[str] = None, depth: 
     if key in NATIVE_RESNETS:
         state, path = None, None
         if weights is not None:  # fetch, read and check the checkpoint before building: a bad file fails fast
-            from axial_kd_tf.models import torchvision_weights as tv
             from axial_kd_tf.models.torch_checkpoint import read_torch_state_dict
 
             path = tv.checkpoint_path(key, weights)

@@ -18,7 +18,7 @@ torchvision key                      Keras layer (weights)
 
 ``in_channels != 3`` adapts ``conv1`` as SMP's ``encoders/_utils.py`` (``patch_first_conv`` /
 ``change_conv_in_channels``) does: the sum of the RGB kernels for one channel, otherwise the RGB kernels repeated
-cyclically and scaled by ``3 / in_channels`` (:func:`axial_kd_tf.models.encoders.adapt_first_conv_kernel`).
+cyclically and scaled by ``3 / in_channels`` (:func:`adapt_first_conv_kernel`).
 
 ``encoder_weights: imagenet`` takes the checkpoint from, in order: the weights cache (:func:`weights_dir`), torch.hub's
 cache (a machine that ran torchvision already has it) or a download into the weights cache with
@@ -41,6 +41,22 @@ from typing import Any, Mapping
 import numpy as np
 
 from axial_kd_tf.errors import UserError
+
+# The native ResNets' blocks per stage (torchvision's BasicBlock layout).
+NATIVE_RESNETS: dict[str, tuple[int, ...]] = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+
+
+def adapt_first_conv_kernel(kernel: np.ndarray, in_channels: int) -> np.ndarray:
+    """SMP's ``patch_first_conv`` for a Keras ``(kh, kw, 3, out)`` kernel.
+
+    ``in_channels == 1``: the sum over the RGB kernels; otherwise the RGB kernels repeated cyclically up to
+    ``in_channels`` and scaled by ``3 / in_channels`` (so a grey image repeated on all channels keeps the response).
+    """
+    rgb = kernel.shape[2]
+    if in_channels == 1:
+        return kernel.sum(axis=2, keepdims=True)
+    idx = np.arange(in_channels) % rgb
+    return kernel[:, :, idx, :] * (rgb / in_channels)
 
 __all__ = ["TorchvisionCheckpoint", "TORCHVISION_IMAGENET", "WEIGHTS_DIR_ENV", "weights_dir", "torch_hub_dir",
            "imagenet_checkpoint", "checkpoint_file", "checkpoint_path", "torchvision_resnet_keys",
@@ -175,8 +191,6 @@ def check_torchvision_resnet(state: Mapping[str, np.ndarray], name: str, source:
     Raises:
         UserError: naming ``source``, a missing or unexpected key and the checkpoint to use.
     """
-    from axial_kd_tf.models.encoders import NATIVE_RESNETS
-
     expected = _expected_keys(torchvision_resnet_keys(NATIVE_RESNETS[name]))
     missing = [k for k in expected if k not in state]
     known = set(expected)
@@ -203,8 +217,6 @@ def load_torchvision_resnet(layers: Mapping[str, Any], state: Mapping[str, np.nd
         UserError: keys missing or unexpected (another ResNet's checkpoint), or a shape that does not fit; the
             message names ``source`` and the key.
     """
-    from axial_kd_tf.models.encoders import NATIVE_RESNETS, adapt_first_conv_kernel
-
     check_torchvision_resnet(state, name, source)
     table = torchvision_resnet_keys(NATIVE_RESNETS[name])
     loaded = set()
