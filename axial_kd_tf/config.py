@@ -117,7 +117,7 @@ class DistillConfig:
     # mask: none with teacher.detach_input: false.
     target: Literal["logits", "probabilities", "kl"] = "kl"
     temperature: float = 2.0
-    mask: Literal["none", "teacher_correct", "teacher_fixes", "teacher_better", "teacher_confident"] = "teacher_correct"
+    mask: Literal["none", "teacher_correct", "teacher_fixes", "teacher_better", "teacher_confident"] = "teacher_fixes"
     warmup: float = 0.0
     delay: float = 0.0
     stop_gradient_teacher: bool = True
