@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import keras
@@ -16,10 +15,6 @@ from axial_kd_tf.models.deeplabv3 import (
     build_deeplabv3, deeplabv3_decoder, image_pooling, separable_conv2d, torch_default_init,
 )
 from axial_kd_tf.models.deeplabv3plus import build_deeplabv3plus, deeplabv3plus_decoder
-from axial_kd_tf.models.registry import available_architectures
-
-HAVE_ENCODERS = importlib.util.find_spec("axial_kd_tf.models.encoders") is not None
-needs_encoders = pytest.mark.skipif(not HAVE_ENCODERS, reason="axial_kd_tf.models.encoders not available yet")
 
 # SMP 0.6.0, resnet34, in_channels=3, classes=5 (trainable parameters; /work/shared/reference/smp-architectures.md).
 SMP_TOTAL = {"deeplabv3": 26_008_133, "deeplabv3plus": 22_438_485}
@@ -149,10 +144,6 @@ def test_v3plus_decoder_converts_to_builtin_tflite():
 # Option validation (checked before the encoder is built)
 # --------------------------------------------------------------------------------------------------------------------
 
-def test_registered():
-    assert {"deeplabv3", "deeplabv3plus"} <= set(available_architectures())
-
-
 @pytest.mark.parametrize("builder", [build_deeplabv3, build_deeplabv3plus])
 @pytest.mark.parametrize("options, match", [
     ({"encoder_output_stride": 32}, "encoder_output_stride"),
@@ -186,14 +177,12 @@ def v3plus() -> keras.Model:
     return build_network("deeplabv3plus", encoder="resnet34", num_classes=5, in_channels=3)
 
 
-@needs_encoders
 def test_param_pins_match_smp(v3, v3plus):
     assert n_trainable(v3) == SMP_TOTAL["deeplabv3"] == RESNET34_PARAMS + SMP_DECODER_AND_HEAD["deeplabv3"]
     assert n_trainable(v3plus) == SMP_TOTAL["deeplabv3plus"] == RESNET34_PARAMS + SMP_DECODER_AND_HEAD["deeplabv3plus"]
     assert v3.name == "deeplabv3_resnet34" and v3plus.name == "deeplabv3plus_resnet34"
 
 
-@needs_encoders
 @pytest.mark.parametrize("fixture", ["v3", "v3plus"])
 def test_output_shape_dtype_at_two_sizes(fixture, request):
     model = request.getfixturevalue(fixture)
@@ -209,7 +198,6 @@ def _aspp_input_shape(model: keras.Model, size: int) -> tuple:
     return tuple(probe(images(1, size, channels=model.input.shape[-1])).shape)
 
 
-@needs_encoders
 def test_encoder_runs_at_output_stride_8_and_16(v3, v3plus):
     assert _aspp_input_shape(v3, 64) == (1, 8, 8, 512)       # OS 8: 64 / 8
     assert _aspp_input_shape(v3plus, 64) == (1, 4, 4, 512)   # OS 16: 64 / 16
@@ -220,7 +208,6 @@ def test_encoder_runs_at_output_stride_8_and_16(v3, v3plus):
     assert v3plus.get_layer("decoder_upsample").align_corners  # nn.UpsamplingBilinear2d
 
 
-@needs_encoders
 def test_invalid_input_size_names_the_multiple(v3, v3plus):
     with pytest.raises(ValueError, match="divisible by 16"):
         v3plus(images(1, 72))
@@ -232,7 +219,6 @@ def test_invalid_input_size_names_the_multiple(v3, v3plus):
     assert fn(tf.constant(images(1, 80))).shape == (1, 80, 80, 5)  # 72 is fine for OS 8, 80 for OS 16
 
 
-@needs_encoders
 def test_v3plus_trains_every_weight(v3plus):
     x, y = images(2, 64), np.random.default_rng(2).integers(0, 5, (2, 64, 64))
     with tf.GradientTape() as tape:
@@ -243,7 +229,6 @@ def test_v3plus_trains_every_weight(v3plus):
     assert not missing and np.isfinite(float(loss))
 
 
-@needs_encoders
 def test_v3_output_stride_16_option():
     model = build_deeplabv3(3, in_channels=1, encoder="resnet18", encoder_output_stride=16)
     assert _aspp_input_shape(model, 64) == (1, 4, 4, 512)

@@ -3,8 +3,6 @@ adaptive pooling and the MAnet position attention block."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import keras
 import numpy as np
 import pytest
@@ -12,10 +10,6 @@ import tensorflow as tf
 
 from axial_kd_tf.errors import UserError
 from axial_kd_tf.models import blocks, manet, pan, pspnet
-from axial_kd_tf.models.registry import available_architectures
-
-HAVE_ENCODERS = importlib.util.find_spec("axial_kd_tf.models.encoders") is not None
-needs_encoders = pytest.mark.skipif(not HAVE_ENCODERS, reason="axial_kd_tf.models.encoders not available yet")
 
 RESNET34_CHANNELS = [3, 64, 64, 128, 256, 512]
 
@@ -64,10 +58,6 @@ def test_decoder_and_head_parameter_counts_match_smp(build, expected, out_size):
     assert tuple(model.output.shape) == (None, out_size, out_size, 5)
 
 
-def test_architectures_register_themselves():
-    assert {"manet", "pspnet", "pan"} <= set(available_architectures())
-
-
 # --------------------------------------------------------------------------------------------- full networks
 @pytest.fixture(scope="module")
 def manet_model() -> keras.Model:
@@ -95,7 +85,6 @@ MODELS = {
 }
 
 
-@needs_encoders
 @pytest.mark.parametrize("arch", list(MODELS))
 def test_full_parameter_count_matches_smp(arch, request):
     fixture, expected, name, _, _ = MODELS[arch]
@@ -104,7 +93,6 @@ def test_full_parameter_count_matches_smp(arch, request):
     assert n_trainable(model) == expected
 
 
-@needs_encoders
 @pytest.mark.parametrize("arch", list(MODELS))
 def test_output_shape_dtype_at_two_sizes(arch, request):
     fixture, _, _, sizes, _ = MODELS[arch]
@@ -118,7 +106,6 @@ def test_output_shape_dtype_at_two_sizes(arch, request):
         assert np.isfinite(out.numpy()).all()
 
 
-@needs_encoders
 @pytest.mark.parametrize("arch", list(MODELS))
 def test_invalid_input_size_names_the_requirement(arch, request):
     fixture, _, _, _, invalid = MODELS[arch]
@@ -128,7 +115,6 @@ def test_invalid_input_size_names_the_requirement(arch, request):
             model(np.zeros((1, h, w, 3), "float32"), training=False)
 
 
-@needs_encoders
 def test_unknown_size_is_checked_at_run_time(pspnet_model):
     fn = tf.function(lambda x: pspnet_model(x, training=False),
                      input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)])

@@ -12,7 +12,6 @@ import pytest
 import keras
 
 from axial_kd_tf.models import blocks, fpn, linknet, unet, unetplusplus
-from axial_kd_tf.models.registry import available_architectures
 
 RESNET34_CHANNELS = [3, 64, 64, 128, 256, 512]
 RESNET34_PARAMS = 21_284_672
@@ -107,10 +106,6 @@ def test_linknet_transposed_conv_is_pytorch_convtranspose_k4_s2_p1():
     assert n_trainable(model) == 16 * cin * cout + cout
 
 
-def test_registered():
-    assert {"unet", "unetplusplus", "linknet", "fpn"} <= set(available_architectures())
-
-
 # --- full networks with the resnet34 encoder ----------------------------------------------------------------------
 
 _MODELS: dict = {}
@@ -118,8 +113,6 @@ _MODELS: dict = {}
 
 @pytest.fixture(scope="module")
 def built():
-    pytest.importorskip("axial_kd_tf.models.encoders", reason="encoder module not available yet")
-
     def get(arch: str, **kwargs) -> keras.Model:
         key = (arch, tuple(sorted(kwargs.items())))
         if key not in _MODELS:

@@ -32,7 +32,6 @@ print("RESULT " + json.dumps({"first": first, "last": float(loss), "tensorflow":
 
 @pytest.mark.slow
 def test_the_readme_jax_block_trains():
-    pytest.importorskip("jax")
     code = substitute(python_block('os.environ["KERAS_BACKEND"] = "jax"'), {
         "from axial_kd_tf.models import build_network": "from axial_kd_tf.models import TINY_OPTIONS, build_network",
         'build_network("unet", encoder="resnet34", num_classes=5, in_channels=1)':
