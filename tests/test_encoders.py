@@ -21,6 +21,7 @@ from axial_kd_tf.models.encoders import (
     build_encoder,
     dilatable_encoders,
 )
+from helpers import RESNET34_DEPTH3_ENCODER, RESNET34_ENCODER
 
 HEAVY = {"resnet152", "efficientnetb5", "efficientnetb6", "efficientnetb7", "convnext_base"}
 
@@ -78,9 +79,9 @@ def _model(features: encoders.Features) -> keras.Model:
 # ---------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, depth, expected", [
-    ("resnet34", 5, 21_284_672),  # SMP / torchvision resnet34 without fc
+    ("resnet34", 5, RESNET34_ENCODER),  # SMP / torchvision resnet34 without fc
     ("resnet18", 5, 11_176_512),
-    ("resnet34", 3, 1_347_904),  # PSPNet's encoder_depth=3: stem + layer1 + layer2
+    ("resnet34", 3, RESNET34_DEPTH3_ENCODER),  # PSPNet's encoder_depth=3: stem + layer1 + layer2
 ])
 def test_native_resnet_parameter_pins(name, depth, expected):
     feats = build_encoder(name, keras.Input((None, None, 3)), depth=depth)

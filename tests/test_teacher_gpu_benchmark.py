@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark_loader import ROOT, load_benchmark  # tests/benchmark_loader.py
+from helpers import ROOT, load_benchmark
 
 TINY = ["--small", "--sizes", "32", "--precisions", "float32", "--steps", "2", "--warmup", "1"]
 

@@ -7,7 +7,7 @@ import pytest
 import keras
 
 from axial_kd_tf.layers import AxialTeacherHead
-from test_axial_attention import randomize_weights, reference_axial
+from helpers import randomize_axial_weights as randomize_weights, reference_axial
 
 
 def _params_of(layer) -> dict:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from readme_snippets import python_block  # tests/readme_snippets.py
+from helpers import python_block
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "torch_self_distillation.py"
