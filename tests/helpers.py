@@ -2,6 +2,7 @@
 
 * :data:`ZOO_SPECS`: one row per zoo architecture, the single home of its SMP 0.6.0 parameter pins, the input sizes
   it takes and refuses, and its tiny variant (:data:`TINY_OPTIONS`, also ``benchmarks/teacher_gpu.py --small``);
+* :func:`run_layer_test`: the checks every custom layer gets (after keras-hub's ``TestCase.run_layer_test``);
 * NumPy references and weight randomisers for the layers, writers of the data sets' fixtures, README blocks,
   benchmark loading.
 
@@ -12,13 +13,15 @@ Imports no TensorFlow (``tests/test_backends.py`` imports this module in its ``K
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import re
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import keras
 import numpy as np
@@ -129,6 +132,106 @@ def random_weights(model: keras.Model | keras.layers.Layer, seed: int) -> None:
         else:
             values.append((0.4 * rng.standard_normal(shape)).astype("float32"))
     model.set_weights(values)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+def run_layer_test(
+    cls: type[keras.layers.Layer],
+    init_kwargs: dict[str, Any],
+    input_data: np.ndarray | Sequence[np.ndarray],
+    expected_output_shape: tuple[int, ...],
+    *,
+    call_kwargs: Optional[dict[str, np.ndarray]] = None,
+    expected_output: Optional[np.ndarray] = None,
+    expected_num_trainable_weights: Optional[int] = None,
+    expected_num_non_trainable_weights: Optional[int] = None,
+    run_training_check: bool = True,
+    atol: float = 1e-5,
+) -> np.ndarray:
+    """The checks every custom layer gets, after keras-hub's ``TestCase.run_layer_test``; returns the eager output.
+
+    * config: every argument given in ``init_kwargs`` (plain values) is in ``get_config()`` unchanged; the config is
+      JSON; ``from_config`` and Keras' generic (de)serialisation give the same config back;
+    * symbolic call in a functional model (output shape; the weight counts once built), eager call (shape, the
+      layer's compute dtype, finite values, ``expected_output``);
+    * a layer rebuilt from its config computes the same as the original with the original's (random) weights;
+    * ``.keras`` save/load of a model holding the layer, with random weights: the same class, weights and outputs;
+    * with trainable weights (and ``run_training_check``), one ``fit`` step of that model gives a finite loss.
+
+    ``input_data``: one array, or a list of arrays passed as the layer's one (list) argument; ``call_kwargs``: tensor
+    keyword inputs (``Resize(...)(x, like=y)``).
+    """
+    call_kwargs = call_kwargs or {}
+    # --- config
+    layer = cls(**init_kwargs)
+    config = layer.get_config()
+    json.dumps(config)  # raises unless the config is JSON
+    for key, value in init_kwargs.items():
+        if key == "dtype" or isinstance(config.get(key), dict):  # serialised objects (policies, initialisers)
+            continue
+        assert key in config, f"get_config() lacks the argument {key!r}"
+        assert _plain(config[key]) == _plain(value), f"get_config()[{key!r}] = {config[key]!r}, given {value!r}"
+    assert cls.from_config(config).get_config() == config
+    revived = keras.saving.deserialize_keras_object(json.loads(json.dumps(keras.saving.serialize_keras_object(layer))))
+    assert type(revived) is cls and revived.get_config() == config
+
+    # --- symbolic call, in a functional model
+    multi = isinstance(input_data, (list, tuple))
+    arrays = list(input_data) if multi else [input_data]
+    inputs = [keras.Input(a.shape[1:], batch_size=a.shape[0], dtype=str(a.dtype)) for a in arrays]
+    kw_inputs = {k: keras.Input(a.shape[1:], batch_size=a.shape[0], dtype=str(a.dtype)) for k, a in call_kwargs.items()}
+    layer = cls(**init_kwargs)
+    symbolic = layer(inputs if multi else inputs[0], **kw_inputs)
+    assert tuple(symbolic.shape) == tuple(expected_output_shape), f"symbolic output shape {symbolic.shape}"
+    if expected_num_trainable_weights is not None:
+        assert len(layer.trainable_weights) == expected_num_trainable_weights, [w.path for w in layer.trainable_weights]
+    if expected_num_non_trainable_weights is not None:
+        assert len(layer.non_trainable_weights) == expected_num_non_trainable_weights, \
+            [w.path for w in layer.non_trainable_weights]
+    model = keras.Model(inputs + list(kw_inputs.values()), symbolic)
+    feed = arrays + list(call_kwargs.values())
+
+    # --- eager call
+    eager_layer = cls(**init_kwargs)
+    output = eager_layer(input_data if multi else arrays[0], **call_kwargs)
+    assert tuple(output.shape) == tuple(expected_output_shape), f"eager output shape {output.shape}"
+    assert keras.backend.standardize_dtype(output.dtype) == eager_layer.compute_dtype
+    output = keras.ops.convert_to_numpy(output)
+    assert np.all(np.isfinite(output.astype("float32")))
+    if expected_output is not None:
+        np.testing.assert_allclose(output, expected_output, atol=atol, rtol=atol)
+
+    # --- the config rebuilds the same function (an argument lost in get_config changes weights or outputs)
+    random_weights(model, seed=0)
+    want = keras.ops.convert_to_numpy(model(feed, training=False))
+    clone = cls.from_config(layer.get_config())
+    clone_out = clone(inputs if multi else inputs[0], **kw_inputs)
+    clone_model = keras.Model(inputs + list(kw_inputs.values()), clone_out)
+    clone_model.set_weights(model.get_weights())
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(clone_model(feed, training=False)), want, atol=atol,
+                               rtol=atol, err_msg="the layer rebuilt from its config computes something else")
+
+    # --- .keras round trip of a model holding the layer
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "layer.keras"
+        model.save(path)
+        loaded = keras.saving.load_model(path)
+    assert type(loaded.get_layer(layer.name)) is cls
+    assert loaded.get_layer(layer.name).get_config() == layer.get_config()
+    for w0, w1 in zip(model.weights, loaded.weights, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(w0), keras.ops.convert_to_numpy(w1))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(feed, training=False)), want, atol=atol, rtol=atol)
+
+    # --- one training step
+    if run_training_check and layer.trainable_weights:
+        model.compile(optimizer=keras.optimizers.SGD(1e-3), loss="mse", jit_compile=False)
+        history = model.fit(feed, np.zeros(tuple(expected_output_shape), "float32"), epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"][-1])
+    return output
 
 
 # ----------------------------------------------------------------------------------- axial attention reference

@@ -173,42 +173,7 @@ def test_plain_scaled_dot_product_attention(axis, num_heads):
 
 
 # --------------------------------------------------------------------------------------- 4. serialisation
-def test_config_round_trip():
-    layer = _make(axis="width", num_heads=2, key_dim=3, value_dim=5, max_span=7, pos=True, norm=False,
-                  kernel_initializer="he_normal", name="aa")
-    x = _input((2, 4, 6, 3), seed=4)
-    layer(tf.constant(x))
-    randomize_weights(layer, seed=17)
-    config = layer.get_config()
-    for key, value in dict(axis="width", num_heads=2, key_dim=3, value_dim=5, max_span=7,
-                           use_positional_encoding=True, use_normalization=False, name="aa").items():
-        assert config[key] == value
-    clone = AxialAttention.from_config(config)
-    assert clone.get_config() == config
-    clone(tf.constant(x))
-    clone.set_weights(layer.get_weights())
-    np.testing.assert_array_equal(_run(clone, x), _run(layer, x))
-    # generic Keras (de)serialisation finds the registered class
-    clone2 = keras.layers.deserialize(keras.layers.serialize(layer))
-    assert isinstance(clone2, AxialAttention) and clone2.get_config() == config
-
-
-def test_keras_save_load(tmp_path):
-    inp = keras.Input((7, 6, 3))
-    a = _make(axis="height", num_heads=2, key_dim=4, value_dim=3, max_span=4)
-    b = _make(axis="width", num_heads=1, key_dim=2, value_dim=5, max_span=3, norm=False)
-    model = keras.Model(inp, b(a(inp)))
-    randomize_weights(a, seed=21)
-    randomize_weights(b, seed=22)
-    path = tmp_path / "axial.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    assert [type(l).__name__ for l in loaded.layers[1:]] == ["AxialAttention", "AxialAttention"]
-    x = _input((2, 7, 6, 3), seed=6)
-    expected = model.predict(x, verbose=0)
-    np.testing.assert_array_equal(loaded.predict(x, verbose=0), expected)
-    for w0, w1 in zip(model.weights, loaded.weights):
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(w0), keras.ops.convert_to_numpy(w1))
+# get_config/from_config, Keras serialisation and .keras save/load: tests/test_layers.py (helpers.run_layer_test).
 
 
 # ------------------------------------------------------------------------------------------------- 5. TFLite
