@@ -84,7 +84,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     run_dir = Path(args.run_dir or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     quiet.import_tensorflow(args.verbose)
 
-    from axial_kd_tf.training import train
+    from axial_kd_tf.pipeline import train
 
     train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, force=args.force)
     print(f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
@@ -129,10 +129,10 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
 
     from axial_kd_tf.config import load_config
     from axial_kd_tf.data import load_data
-    from axial_kd_tf.evaluation import evaluate_split, load_predictor, metrics_payload, table_rows
+    from axial_kd_tf.inference import evaluate_split, load_predictor, metrics_payload, table_rows
     from axial_kd_tf.io_utils import atomic_write_json, atomic_write_text
     from axial_kd_tf.reporting import format_iou_table, format_iou_table_text
-    from axial_kd_tf.training import load_run_config
+    from axial_kd_tf.rundir import load_run_config
     from axial_kd_tf.visualize import overlay_panel, write_png
 
     model_path = Path(args.run or args.model)
@@ -163,7 +163,7 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
     if args.run and not (model_path / "model.keras").is_file():
         raise UserError(f"run '{model_path}' has no model.keras (training did not finish); "
                         "resume it with train.py --resume")
-    from axial_kd_tf.evaluation import predictor_channels
+    from axial_kd_tf.inference import predictor_channels
     from axial_kd_tf.io_utils import check_writable_dir
 
     check_writable_dir(out_dir, "output folder (--out)")  # before the inference, not after it
@@ -222,8 +222,7 @@ def _check_inference_args(args: argparse.Namespace) -> None:
 
 def _inference_predictor(predictor, fixed: Optional[int], args: argparse.Namespace):
     """The evaluation predictor for the inference flags, wrapped to count modes and time (evaluate_main)."""
-    from axial_kd_tf.evaluation import FullImagePredictor, TimedPredictor, sliding_window
-    from axial_kd_tf.training import KerasPredictor
+    from axial_kd_tf.inference import FullImagePredictor, KerasPredictor, TimedPredictor, sliding_window
 
     if fixed:  # TFLite or a fixed-input SavedModel: a sliding window at the model's input size
         if args.window and args.window != fixed:
@@ -266,7 +265,8 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
 
     from axial_kd_tf.config import config_from_dict
     from axial_kd_tf.rundir import RunLock
-    from axial_kd_tf.training import export_run, load_run_config
+    from axial_kd_tf.pipeline import export_run
+    from axial_kd_tf.rundir import load_run_config
 
     if args.input_size is not None and args.input_size < 8:
         raise UserError(f"--input-size must be >= 8, got {args.input_size}")

@@ -70,6 +70,7 @@ class ModelConfig:
     library: Literal["native", "segmentation_models"] = "native"
     arch: str = "simple_unet"
     encoder: Optional[str] = None
+    # null, imagenet, or (resnet18/resnet34) the path of a torchvision .pth state dict; README "ImageNet weights".
     encoder_weights: Optional[str] = None
     options: dict = field(default_factory=dict)
 
@@ -102,7 +103,8 @@ class DistillConfig:
 
     ``target``: D is the MSE on ``logits`` (the paper), on ``probabilities``, or ``kl`` (T²·KL at ``temperature``);
     ``mask``: distil every pixel (``none``), only where the teacher is right (``teacher_correct``), right where the
-    student is wrong (``teacher_fixes``), gives the label a higher probability than the student (``teacher_better``) or is more confident than it (``teacher_confident``);
+    student is wrong (``teacher_fixes``), gives the label a higher probability than the student (``teacher_better``)
+    or is more confident than it (``teacher_confident``);
     ``warmup``: w_d ramps linearly from 0 over this fraction of training; ``delay``: w_d is 0 for this fraction of
     training first (the ramp starts after it).
     """
@@ -115,7 +117,7 @@ class DistillConfig:
     # mask: none with teacher.detach_input: false.
     target: Literal["logits", "probabilities", "kl"] = "kl"
     temperature: float = 2.0
-    mask: Literal["none", "teacher_correct", "teacher_fixes", "teacher_better", "teacher_confident"] = "teacher_correct"
+    mask: Literal["none", "teacher_correct", "teacher_fixes", "teacher_better", "teacher_confident"] = "teacher_fixes"
     warmup: float = 0.0
     delay: float = 0.0
     stop_gradient_teacher: bool = True

@@ -126,7 +126,7 @@ class DistillationTrainer(keras.Model):
         distill_weight: float = 1.0,
         target: str = "kl",
         temperature: float = 2.0,
-        mask: str = "teacher_correct",
+        mask: str = "teacher_fixes",
         warmup_steps: int = 0,
         delay_steps: int = 0,
         stop_gradient_teacher: bool = True,

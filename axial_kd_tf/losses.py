@@ -156,7 +156,7 @@ def self_distillation_loss(
     *,
     target: str = "kl",
     temperature: float = 2.0,
-    mask: str = "teacher_correct",
+    mask: str = "teacher_fixes",
     weights: Sequence[Any] = (1.0, 1.0, 1.0),
     ignore_index: int | None = None,
     class_weights: Sequence[float] | None = None,

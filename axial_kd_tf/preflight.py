@@ -5,8 +5,8 @@
 * :func:`check_memory`: an estimate of the training step's and the validation pass's peak memory against what the
   machine has; over it, one line names the settings to change (``--force`` turns it into a warning).
 
-The estimates build on :func:`axial_kd_tf.evaluation.estimate_teacher_mb` (the axial teacher's attention maps) and
-:func:`axial_kd_tf.evaluation.student_bytes_per_pixel` (the network's activations). They are estimates: the factors
+The estimates build on :func:`axial_kd_tf.inference.memory.estimate_teacher_mb` (the axial teacher's attention maps) and
+:func:`axial_kd_tf.inference.memory.student_bytes_per_pixel` (the network's activations). They are estimates: the factors
 below were calibrated on this project's 2-core CPU (docs/reliability.md) and err on the generous side, so that a
 configuration that fits is not refused.
 """
@@ -23,7 +23,7 @@ import numpy as np
 
 from axial_kd_tf.config import Config
 from axial_kd_tf.errors import UserError
-from axial_kd_tf.evaluation import estimate_teacher_mb, network_multiple, student_bytes_per_pixel
+from axial_kd_tf.inference.memory import estimate_teacher_mb, network_multiple, student_bytes_per_pixel
 from axial_kd_tf.io_utils import format_bytes
 
 Progress = Callable[[str], None]

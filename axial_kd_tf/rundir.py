@@ -10,7 +10,7 @@
   back.
 * ``checkpoints/trained.json`` marks a finished training: a resumed run then only redoes what is missing.
 
-Nothing here knows about the distillation model; :mod:`axial_kd_tf.training` wires it together.
+Nothing here knows about the distillation model; :mod:`axial_kd_tf.training` and :mod:`axial_kd_tf.pipeline` wire it together.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, Optional
 import keras
 import numpy as np
 
+from axial_kd_tf.config import Config, load_config
 from axial_kd_tf.errors import UserError
 from axial_kd_tf.io_utils import (
     atomic_write_json,
@@ -464,3 +465,22 @@ def read_trained(run_dir: Path, epochs: int) -> Optional[dict]:
 
 def write_trained(run_dir: Path, info: dict) -> None:
     atomic_write_json(Path(run_dir) / TRAINED_MARKER, info)
+
+
+# ------------------------------------------------------------------------------------------------- a finished run
+def load_run_config(run_dir: Path) -> Config:
+    """The configuration a run was trained with (its ``config.yaml``)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"'{run_dir}' is not a run directory (no config.yaml); pass the folder train.py wrote")
+    return load_config(path)
+
+
+def load_run_model(run_dir: Path) -> keras.Model:
+    """The trained two-output (or baseline) model of a finished run (its ``model.keras``)."""
+    from axial_kd_tf.saving import load_model  # the zoo's modules register their classes when it is called
+
+    path = Path(run_dir) / "model.keras"
+    if not path.is_file():
+        raise UserError(f"run '{run_dir}' has no model.keras (training did not finish); resume it with train.py --resume")
+    return load_model(path)

@@ -1,35 +1,25 @@
-"""One training run, end to end: config → data → model → fit → best checkpoint → metrics → export.
+"""Training one run: build the model from the config, check it against the data and the machine, and fit it.
 
-A run directory holds::
-
-    config.yaml               the resolved configuration
-    .lock                     the PID of the process writing the run (while it runs)
-    checkpoints/              best.weights.h5 (best student val mIoU), last.weights.h5, best.json,
-                              trained.json (training finished: a resume only redoes what is missing)
-    backup/                   epoch-NNNN.weights.h5, the two newest epoch states while training (removed when
-                              training completes); a resume continues from the newest that loads
-    tensorboard/              scalars (loss terms, mIoU, per-class IoU, learning rate) and image panels
-    history.csv, curves.png   per-epoch logs and their plot
-    model.keras               the two-output functional network (student + teacher), best epoch
-    student.keras             the plain student network, best epoch
-    metrics.json, metrics.md  validation per-class IoU and mIoU of student and teacher
-    export/                   student_saved_model/, student.tflite (+ variants), export_report.json
+:func:`prepare` loads the data, builds and compiles the student (and teacher) and runs the preflight checks before
+any file is written; :func:`fit` trains into a locked run directory (:mod:`axial_kd_tf.rundir`) with per-epoch
+checkpoints, backups for resuming, TensorBoard, ``history.csv`` and the teacher diagnostics, then loads the best
+checkpoint. :mod:`axial_kd_tf.pipeline` chains this with evaluation and export; the run directory's layout is
+described there.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from axial_kd_tf.config import Config, dump_config, first_difference
+from axial_kd_tf.config import Config, first_difference
 from axial_kd_tf.data import DataBundle, load_data
 from axial_kd_tf.distill import (
     STUDENT,
@@ -38,10 +28,10 @@ from axial_kd_tf.distill import (
     build_distillation_model,
     student_network,
     teacher_head,
-    teacher_network,
 )
 from axial_kd_tf.errors import UserError
-from axial_kd_tf.io_utils import atomic_write_json, atomic_write_text, check_writable_dir, disk_full_error, is_disk_full
+from axial_kd_tf.io_utils import atomic_write_json, check_writable_dir
+from axial_kd_tf.preflight import check_input_sizes, check_memory, data_nbytes, estimate_memory
 from axial_kd_tf.rundir import (
     EpochBackup,
     check_unlocked,
@@ -49,8 +39,8 @@ from axial_kd_tf.rundir import (
     history_rows,
     is_empty_dir,
     list_backups,
+    load_run_config,
     load_weights,
-    open_run_dir,
     read_json,
     read_trained,
     remove_temporaries,
@@ -59,6 +49,7 @@ from axial_kd_tf.rundir import (
     truncate_history,
     write_trained,
 )
+from axial_kd_tf.xla import resolve_jit_compile
 
 Progress = Callable[[str], None]
 BEST_MONITOR = "val_student_miou"
@@ -144,10 +135,6 @@ def make_optimizer(cfg: Config, total_steps: int) -> keras.optimizers.Optimizer:
 
 def steps_per_epoch(cfg: Config, num_train: int) -> int:
     return cfg.train.steps_per_epoch or max(1, math.ceil(num_train / cfg.train.batch_size))
-
-
-def export_input_size(cfg: Config) -> int:
-    return cfg.export.input_size or cfg.data.crop_size or cfg.data.image_size
 
 
 def center_crop(images: np.ndarray, size: int) -> np.ndarray:
@@ -424,61 +411,49 @@ class HistoryCSV(keras.callbacks.CSVLogger):
 
 
 # ----------------------------------------------------------------------------------------------------- train
-def train(
-    cfg: Config,
-    run_dir: str | os.PathLike,
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: Progress = print,
-    extra_callbacks: tuple = (),
-    force: bool = False,
-) -> dict:
-    """Train ``cfg`` into ``run_dir`` and return the metrics written to ``metrics.json``.
+@dataclass
+class Setup:
+    """What :func:`prepare` builds and checks before a run directory is touched."""
 
-    Everything that can be checked is checked before the run directory is created: the run directory itself, the
-    data, the model build, the input sizes and the memory estimate (``force`` turns a memory error into a warning).
-    A new run that fails before its first epoch is committed is removed again. ``resume`` continues from the newest
-    epoch backup that loads, and after a finished training only redoes what is missing (models, metrics, export).
-    """
-    run_dir = Path(run_dir)
-    t0 = time.time()
-    resuming = check_run_dir(run_dir, cfg, resume, overwrite)
-    previous_policy = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
-    try:
-        keras.utils.set_random_seed(cfg.train.seed)
-        progress(f"[data] loading '{cfg.data.dataset}'")
-        data = load_data(cfg)
-        model = build_model_from_config(cfg, data.num_classes, data.in_channels)
-        spe = steps_per_epoch(cfg, len(data.train_images))
-        trainer = make_trainer(cfg, model, data.class_names, spe * cfg.train.epochs)
-        from axial_kd_tf.xla import resolve_jit_compile
+    data: DataBundle
+    model: keras.Model
+    trainer: DistillationTrainer
+    steps_per_epoch: int
 
-        size = cfg.data.crop_size or min(data.train_images.shape[1:3])
-        jit = resolve_jit_compile(cfg.train.jit_compile, model, (size, size, data.in_channels), progress)
-        trainer.compile(optimizer=make_optimizer(cfg, spe * cfg.train.epochs), jit_compile=jit)
-        data.train_dataset(cfg.train.batch_size, cfg.data.seed, cfg.data.crop_size, cfg.data.augment)  # checks sizes
-        _preflight(cfg, model, data, force, progress)
-        n_student = student_network(model).count_params()
-        progress(
-            f"[model] {cfg.model.arch}: {n_student:,} student params, {model.count_params() - n_student:,} teacher params"
-            f" ({'distillation' if cfg.distill.enabled else 'baseline'} mode, {cfg.train.mixed_precision})"
-        )
-        with open_run_dir(run_dir, dump_config(cfg), resuming, overwrite, progress):
-            try:
-                return _run(cfg, run_dir, data, model, trainer, spe, resuming, progress, extra_callbacks, t0)
-            except OSError as exc:  # history.csv, TensorBoard, the models: a full disk is one line too
-                if is_disk_full(exc):
-                    raise disk_full_error(exc.filename) from None
-                raise
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
+
+@dataclass
+class Fitted:
+    """What :func:`fit` leaves behind: the best weights loaded into ``Setup.model``, and how the training went."""
+
+    train_wall_time_s: float
+    best_epoch: int
+    class_warnings: list
+
+
+def prepare(cfg: Config, force: bool = False, progress: Progress = print) -> Setup:
+    """Load the data, build and compile the model, and check input sizes and memory (under the caller's precision
+    policy). ``force`` turns a memory error into a warning."""
+    keras.utils.set_random_seed(cfg.train.seed)
+    progress(f"[data] loading '{cfg.data.dataset}'")
+    data = load_data(cfg)
+    model = build_model_from_config(cfg, data.num_classes, data.in_channels)
+    spe = steps_per_epoch(cfg, len(data.train_images))
+    trainer = make_trainer(cfg, model, data.class_names, spe * cfg.train.epochs)
+    size = cfg.data.crop_size or min(data.train_images.shape[1:3])
+    jit = resolve_jit_compile(cfg.train.jit_compile, model, (size, size, data.in_channels), progress)
+    trainer.compile(optimizer=make_optimizer(cfg, spe * cfg.train.epochs), jit_compile=jit)
+    data.train_dataset(cfg.train.batch_size, cfg.data.seed, cfg.data.crop_size, cfg.data.augment)  # checks sizes
+    _preflight(cfg, model, data, force, progress)
+    n_student = student_network(model).count_params()
+    progress(
+        f"[model] {cfg.model.arch}: {n_student:,} student params, {model.count_params() - n_student:,} teacher params"
+        f" ({'distillation' if cfg.distill.enabled else 'baseline'} mode, {cfg.train.mixed_precision})"
+    )
+    return Setup(data, model, trainer, spe)
 
 
 def _preflight(cfg: Config, model: keras.Model, data: DataBundle, force: bool, progress: Progress) -> None:
     """Input sizes against the network's output stride, then the memory estimate against the machine."""
-    from axial_kd_tf.preflight import check_input_sizes, check_memory, data_nbytes, estimate_memory
-
     network = student_network(model)
     train_hw = (cfg.data.crop_size,) * 2 if cfg.data.crop_size else tuple(data.train_images.shape[1:3])
     val_images = data.split("val")[0]
@@ -489,10 +464,12 @@ def _preflight(cfg: Config, model: keras.Model, data: DataBundle, force: bool, p
     check_memory(cfg, estimate, force=force, progress=progress)
 
 
-def _run(cfg: Config, run_dir: Path, data: DataBundle, model: keras.Model, trainer: DistillationTrainer, spe: int,
-         resuming: bool, progress: Progress, extra_callbacks: tuple, t0: float) -> dict:
-    """The part of :func:`train` that writes into the (locked) run directory."""
-    n_student = student_network(model).count_params()
+def fit(cfg: Config, run_dir: Path, setup: Setup, resuming: bool, progress: Progress = print,
+        extra_callbacks: tuple = (), t0: Optional[float] = None) -> Fitted:
+    """Train into the (locked) run directory, or find the finished training of a resumed run, then load the best
+    checkpoint into ``setup.model``. Epoch backups make it resumable after a kill; ``t0`` starts the wall clock."""
+    t0 = time.time() if t0 is None else t0
+    data, trainer, spe = setup.data, setup.trainer, setup.steps_per_epoch
     if resuming:
         remove_temporaries(run_dir)
     trained = read_trained(run_dir, cfg.train.epochs) if resuming else None
@@ -537,28 +514,7 @@ def _run(cfg: Config, run_dir: Path, data: DataBundle, model: keras.Model, train
         progress(f"[resume] training of '{run_dir}' finished earlier; only the missing steps are redone")
         train_time = float(trained.get("train_wall_time_s") or 0.0)
     best_epoch = _load_final_weights(trainer, run_dir, cfg.train.epochs, progress, trained_now=trained is None)
-    _save_models(run_dir, model)
-    _write_curves(run_dir)
-    from axial_kd_tf.evaluation import evaluate_split, metrics_payload
-
-    images, masks = data.split("val")
-    cms = evaluate_split(KerasPredictor(model), images, masks, data.num_classes, cfg.train.batch_size)
-    metrics = metrics_payload(cms, data.class_names, split="val")
-    metrics.update(
-        best_epoch=best_epoch, epochs=cfg.train.epochs, mode="distillation" if cfg.distill.enabled else "baseline",
-        train_wall_time_s=round(train_time, 1), student_params=n_student,
-        teacher_params=model.count_params() - n_student, class_warnings=watch.warnings,
-    )
-    if cfg.export.enabled:
-        if export_complete(run_dir, cfg):
-            progress(f"[export] {run_dir / 'export'} is complete; not exported again")
-        else:
-            export_run(run_dir, cfg, model=model, data=data, progress=progress)
-    metrics["total_wall_time_s"] = round(time.time() - t0, 1)
-    _write_metrics(run_dir, metrics, data.class_names)
-    progress(f"[done] {run_dir} in {metrics['total_wall_time_s']:.0f}s: " + ", ".join(
-        f"{k} mIoU {v['miou'] * 100:.2f}" for k, v in metrics["outputs"].items() if v["miou"] is not None))
-    return metrics
+    return Fitted(train_time, best_epoch, watch.warnings)
 
 
 def _best_threshold(run_dir: Path, progress: Progress) -> Optional[float]:
@@ -621,24 +577,6 @@ def _load_final_weights(trainer: DistillationTrainer, run_dir: Path, epochs: int
     raise UserError(f"no checkpoint of the finished training in '{ckpt}' loads; rerun with --overwrite")
 
 
-def export_complete(run_dir: Path, cfg: Config) -> bool:
-    """Whether ``export/`` holds everything ``cfg.export`` asks for (so a resumed run does not export again)."""
-    report = read_json(Path(run_dir) / "export" / "export_report.json")
-    if not isinstance(report, dict) or not isinstance(report.get("networks"), dict):
-        return False
-    size = export_input_size(cfg)
-    if list(report.get("input_shape", []))[:2] != [size, size]:
-        return False
-    for name in ["student"] + (["teacher"] if cfg.export.teacher else []):
-        rep = report["networks"].get(name)
-        if not isinstance(rep, dict) or not rep.get("saved_model") or not Path(rep["saved_model"]).is_dir():
-            return False
-        variants = rep.get("variants") or {}
-        if any(v not in variants or not Path(variants[v].get("path", "")).is_file() for v in cfg.export.variants):
-            return False
-    return True
-
-
 def _callbacks(cfg: Config, run_dir: Path, data: DataBundle, resuming: bool, threshold: Optional[float]) -> list:
     """The writers of an epoch, in order (the epoch backup, the commit point, goes after all of them)."""
     ckpt_dir = run_dir / "checkpoints"
@@ -665,129 +603,3 @@ def _callbacks(cfg: Config, run_dir: Path, data: DataBundle, resuming: bool, thr
                 ImagePanelCallback(tb_dir / "images", images[:n], masks[:n], data.class_names, cfg.logging.image_every)
             )
     return callbacks
-
-
-class KerasPredictor:
-    """Callable images → {"student": logits, "teacher": logits?} for a (two-output or plain) Keras model."""
-
-    def __init__(self, model: keras.Model) -> None:
-        self.model = model
-
-    def __call__(self, images: np.ndarray) -> dict:
-        out = self.model(images, training=False)
-        if isinstance(out, dict):
-            return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
-        return {STUDENT: np.asarray(out, dtype=np.float32)}
-
-
-def _save_models(run_dir: Path, model: keras.Model) -> None:
-    from axial_kd_tf.io_utils import atomic_path
-
-    with atomic_path(run_dir / "model.keras") as tmp:
-        model.save(tmp.with_suffix(".keras"))
-        os.replace(tmp.with_suffix(".keras"), tmp)
-    with atomic_path(run_dir / "student.keras") as tmp:
-        student_network(model).save(tmp.with_suffix(".keras"))
-        os.replace(tmp.with_suffix(".keras"), tmp)
-
-
-def _write_curves(run_dir: Path) -> None:
-    history = run_dir / "history.csv"
-    if not history.is_file():
-        return
-    from axial_kd_tf.plots import plot_history
-
-    plot_history(history, run_dir / "curves.png")
-
-
-def _write_metrics(run_dir: Path, metrics: dict, class_names: tuple[str, ...]) -> None:
-    from axial_kd_tf.reporting import format_iou_table
-
-    rows = {name: {"per_class_iou": [v["per_class_iou"][c] for c in class_names], "miou": v["miou"]}
-            for name, v in metrics["outputs"].items()}
-    table = format_iou_table(rows, class_names)
-    atomic_write_text(run_dir / "metrics.md", f"# Validation IoU (%), best epoch {metrics['best_epoch']}\n\n{table}\n")
-    atomic_write_json(run_dir / "metrics.json", metrics)
-
-
-# ----------------------------------------------------------------------------------------------------- export
-def export_run(
-    run_dir: str | os.PathLike,
-    cfg: Optional[Config] = None,
-    model: Optional[keras.Model] = None,
-    data: Optional[DataBundle] = None,
-    progress: Progress = print,
-) -> dict:
-    """Export the student (and on request the teacher) of a run; writes ``export/export_report.json``."""
-    from axial_kd_tf.export import export_network
-
-    run_dir = Path(run_dir)
-    if cfg is None:
-        cfg = load_run_config(run_dir)
-    if model is None:
-        model = load_run_model(run_dir)
-    if data is None:
-        data = load_data(cfg)
-    size = export_input_size(cfg)
-    from axial_kd_tf.preflight import network_size_multiple, size_error
-
-    multiple = network_size_multiple(student_network(model))
-    if size % multiple:
-        raise size_error("the export input size (export.input_size, or --input-size of the export command)", size,
-                         multiple, cfg.model.arch)
-    shape = (size, size, data.in_channels)
-    e = cfg.export
-    verify = center_crop(data.split("val")[0][: e.verify_samples], size)
-    calibration = center_crop(data.train_images[: e.calibration_samples], size)
-    out_dir = run_dir / "export"
-    report: dict = {"input_shape": list(shape), "networks": {}}
-    targets = [("student", student_network(model))]
-    if e.teacher:
-        if TEACHER not in model.output:
-            raise UserError("config key 'export.teacher' is true but this run has no teacher (distill.enabled: false)")
-        targets.append(("teacher", teacher_network(model)))
-    for name, net in targets:
-        progress(f"[export] {name}: saved model + {', '.join(e.variants)} TFLite at {size}x{size}")
-        report["networks"][name] = export_network(
-            net, out_dir, shape, name=name, variants=e.variants, calibration_images=calibration,
-            verify_images=verify, saved_model=True, progress=progress,
-        )
-        report["networks"][name]["params"] = int(net.count_params())
-    atomic_write_json(out_dir / "export_report.json", report)
-    _remove_stale_exports(out_dir, report, progress)
-    return report
-
-
-def _remove_stale_exports(out_dir: Path, report: dict, progress: Progress = print) -> None:
-    """Delete the ``*.tflite`` files and ``*_saved_model/`` folders of ``export/`` that ``report`` does not list:
-    left by an earlier export with other variants (or the teacher), they would be taken for this model's."""
-    current = {Path(v["path"]).name for net in report["networks"].values() for v in net["variants"].values()}
-    current |= {Path(net["saved_model"]).name for net in report["networks"].values() if net.get("saved_model")}
-    stale = [p for p in sorted(out_dir.glob("*.tflite")) + sorted(out_dir.glob("*_saved_model"))
-             if p.name not in current and not p.name.startswith(".")]
-    for path in stale:
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-    if stale:
-        progress(f"[export] removed {len(stale)} file(s) of an earlier export that this one replaces: "
-                 f"{', '.join(p.name for p in stale)}")
-
-
-def load_run_config(run_dir: Path) -> Config:
-    from axial_kd_tf.config import load_config
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"'{run_dir}' is not a run directory (no config.yaml); pass the folder train.py wrote")
-    return load_config(path)
-
-
-def load_run_model(run_dir: Path) -> keras.Model:
-    from axial_kd_tf.saving import load_model
-
-    path = Path(run_dir) / "model.keras"
-    if not path.is_file():
-        raise UserError(f"run '{run_dir}' has no model.keras (training did not finish); resume it with train.py --resume")
-    return load_model(path)

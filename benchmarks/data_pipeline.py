@@ -16,7 +16,7 @@ when it exists, else ``configs/quickstart.yaml``):
    back to back. images/s = batches × batch size / wall time (a crop counts as one image); process CPU time per batch
    is recorded too (what the pipeline takes from the cores that training also needs).
 3. **training** -- for each mode (``baseline``: ``distill.enabled: false``; ``distill``: the config's teacher), the
-   model, trainer and optimizer are built and compiled as ``train.py`` builds them (``teacher_overhead.Built``, with
+   model, trainer and optimizer are built and compiled as ``train.py`` builds them (``_measure.Built``, with
    the zoo benchmark's XLA fallback). After ``--warmup`` ``fit`` steps (tracing, XLA compilation), ``--steps`` calls
    of the compiled ``train_function`` are timed on one fixed batch taken from the pipeline, so no input cost is in
    them: training images/s = batch size / median step time.
@@ -31,7 +31,7 @@ when it exists, else ``configs/quickstart.yaml``):
    pipeline competes with training for the CPU rather than being too slow on its own.
 
 The distillation mode is skipped (a ``NOT MEASURED`` row, ``errors`` in the JSON) when the teacher's estimated
-training memory (``teacher_overhead.estimate_teacher_bytes``) exceeds 85 % of the available memory, e.g. a pool-1
+training memory (``_measure.estimate_teacher_bytes``) exceeds 85 % of the available memory, e.g. a pool-1
 teacher on 256² crops at batch 8 (~18 GB); ``--no-memory-guard`` runs it anyway. A mode that fails is recorded the
 same way and the other mode still runs.
 
@@ -63,8 +63,8 @@ from axial_kd_tf.config import Config, config_from_dict, load_config, resolve_co
 from axial_kd_tf.data import DataBundle, load_data  # noqa: E402
 from axial_kd_tf.errors import UserError  # noqa: E402
 from benchmarks._common import add_out_arg, add_set_arg, run_main, write_report  # noqa: E402
-from benchmarks.teacher_overhead import (  # noqa: E402
-    _fmt_load,
+from benchmarks._measure import (  # noqa: E402
+    fmt_load,
     estimate_teacher_bytes,
     machine_info,
     mem_available_bytes,
@@ -235,8 +235,8 @@ def _markdown(payload: dict, table: str) -> str:
         f"loaded in {d['load_s']:.1f} s",
         f"- model {payload['model']}; {payload['teacher']}; {payload['mixed_precision']}",
         f"- machine: {m['cpu_model']}, {m['usable_cores']} usable cores; TF {m['tensorflow']}, Keras {m['keras']}; "
-        f"load average (1/5/15 min) at start {_fmt_load(m['loadavg_at_start'])}, at end "
-        f"{_fmt_load(m.get('loadavg_at_end'))}",
+        f"load average (1/5/15 min) at start {fmt_load(m['loadavg_at_start'])}, at end "
+        f"{fmt_load(m.get('loadavg_at_end'))}",
         f"- pipeline: {payload['pipeline']['warmup_batches']} warm-up + {payload['pipeline']['batches']} timed batches; "
         f"training: {payload['args']['warmup']} warm-up fit step(s) + {payload['args']['steps']} timed steps per mode "
         f"on a fixed batch" + ("" if payload["args"]["no_fed"] else ", then as many fed by the pipeline and as many on "
@@ -266,7 +266,7 @@ def run_benchmark(args: argparse.Namespace, log: Log = print) -> dict:
     cfg = load_config(config_path, args.overrides)
     machine = machine_info()
     log(f"[setup] {machine['cpu_model']}, {machine['usable_cores']} cores, TF {machine['tensorflow']}; load average "
-        f"{_fmt_load(machine['loadavg_at_start'])}")
+        f"{fmt_load(machine['loadavg_at_start'])}")
     log(f"[setup] config {config_path}; dataset '{cfg.data.dataset}', batch {cfg.train.batch_size}, crop "
         f"{cfg.data.crop_size}, augment {cfg.data.augment}; model {cfg.model.arch}, jit_compile={cfg.train.jit_compile}")
 

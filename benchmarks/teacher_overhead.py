@@ -35,14 +35,11 @@ Writes ``--out`` (JSON, atomically) and the same table as Markdown next to it (`
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import math
 import os
-import platform
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -53,15 +50,29 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:  # `python benchmarks/teacher_overhead.py` puts benchmarks/ on the path, not the root
     sys.path.insert(0, str(_ROOT))
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from axial_kd_tf.config import Config, load_config  # noqa: E402
-from axial_kd_tf.distill import student_network  # noqa: E402
 from axial_kd_tf.errors import UserError  # noqa: E402
 from axial_kd_tf.io_utils import atomic_write_json  # noqa: E402
-from axial_kd_tf.training import build_model_from_config, make_optimizer, make_trainer  # noqa: E402
+from benchmarks._measure import (  # noqa: E402
+    Built,
+    MB,
+    RssSampler,
+    StepTimer,
+    fmt,
+    fmt_load,
+    estimate_teacher_bytes,
+    hwm_bytes,
+    machine_info,
+    malloc_trim,
+    mem_available_bytes,
+    random_batch,
+    release_memory,
+    reset_hwm,
+    rss_bytes,
+    summarize_times,
+)
 from benchmarks._common import (  # noqa: E402
     WorkerFailed,
     add_out_arg,
@@ -81,197 +92,17 @@ DEFAULT_STEPS, DEFAULT_WARMUP = 10, 3
 SWEEP_STEPS, SWEEP_WARMUP, SWEEP_PAIRED = 2, 1, 4
 SWEEP_POOL_SIZES = (1, 2, 4)
 SWEEP_POSITIONAL = (True, False)
-# Peak bytes the teacher adds to a training step, in units of one [B·W', heads, H', H'] similarity map per similarity
-# term and axial pass. Measured ≈ 2.4 (pool 2, positional encoding, XLA, 256², batch 8: +1.9 GB over the baseline's
-# ΔRSS); 3.0 leaves a margin. Used only by the out-of-memory guard (estimate_teacher_bytes).
-TEACHER_MAPS_PER_TERM = 3.0
-MB = 1024.0 * 1024.0
 
 Log = Callable[[str], None]
 
 
 # ------------------------------------------------------------------------------------------------------- memory
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def rss_bytes() -> int:
-    """Current resident set size of this process (``/proc/self/statm``, field 2)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except OSError:  # not Linux: fall back to the (peak) getrusage value
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _proc_kb(path: str, key: str) -> Optional[int]:
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def hwm_bytes() -> Optional[int]:
-    """The kernel's peak RSS since the last :func:`reset_hwm` (``VmHWM``)."""
-    return _proc_kb("/proc/self/status", "VmHWM")
-
-
-def reset_hwm() -> bool:
-    """Reset ``VmHWM`` to the current RSS (Linux ≥ 4.0); False where not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def mem_available_bytes() -> Optional[int]:
-    return _proc_kb("/proc/meminfo", "MemAvailable")
-
-
-def malloc_trim() -> bool:
-    """Return freed heap pages to the OS (glibc), so later growth shows up in RSS again."""
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
-
-
-def release_memory() -> None:
-    gc.collect()
-    keras.backend.clear_session()
-    gc.collect()
-    malloc_trim()
-
-
-class RssSampler:
-    """Samples RSS every ``interval`` seconds in a daemon thread; :meth:`take_peak` returns and restarts the peak."""
-
-    def __init__(self, interval: float = 0.005) -> None:
-        self.interval = interval
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-        self._peak = 0
-        self.samples = 0
-
-    def __enter__(self) -> "RssSampler":
-        self._peak = rss_bytes()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            r = rss_bytes()
-            with self._lock:
-                self.samples += 1
-                if r > self._peak:
-                    self._peak = r
-
-    def take_peak(self) -> int:
-        now = rss_bytes()
-        with self._lock:
-            peak = max(self._peak, now)
-            self._peak = now
-        return peak
 
 
 # -------------------------------------------------------------------------------------------------------- timing
-class StepTimer(keras.callbacks.Callback):
-    """Times every ``fit`` step; switches the memory phase from warm-up to timed at step ``warmup``."""
-
-    def __init__(self, warmup: int, steps: int, sampler: RssSampler, label: str, log: Log) -> None:
-        super().__init__()
-        self.warmup, self.steps, self.sampler, self.label, self.log = warmup, steps, sampler, label, log
-        self.times: list[float] = []
-        self.warmup_peak = 0
-        self.rss_timed_start = 0
-        self.hwm_ok = False
-        self._t = 0.0
-
-    def on_train_batch_begin(self, batch: int, logs: Optional[dict] = None) -> None:
-        if batch == self.warmup:
-            self.warmup_peak = max(self.sampler.take_peak(), hwm_bytes() or 0)
-            self.hwm_ok = reset_hwm()
-            self.rss_timed_start = rss_bytes()
-        self._t = time.perf_counter()
-
-    def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
-        # Overriding this hook makes Keras dispatch callbacks synchronously with NumPy logs, so the step has finished.
-        dt = time.perf_counter() - self._t
-        self.times.append(dt)
-        n = self.warmup + self.steps
-        kind = "warm-up" if batch < self.warmup else "step"
-        loss = (logs or {}).get("loss")
-        loss_s = f", loss {float(loss):.4f}" if loss is not None else ""
-        self.log(f"  [{self.label}] {kind} {batch + 1}/{n}: {dt:.3f} s{loss_s}, RSS {rss_bytes() / MB:,.0f} MB")
-
-
-def summarize_times(times: Sequence[float]) -> dict:
-    a = np.asarray(times, dtype=np.float64)
-    q25, med, q75 = np.percentile(a, [25, 50, 75])
-    return {"median_s": float(med), "q25_s": float(q25), "q75_s": float(q75), "iqr_s": float(q75 - q25),
-            "min_s": float(a.min()), "max_s": float(a.max()), "mean_s": float(a.mean())}
 
 
 # ---------------------------------------------------------------------------------------------------------- modes
-def random_batch(batch: int, size: int, in_channels: int, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    images = rng.random((batch, size, size, in_channels), dtype=np.float32)
-    labels = rng.integers(0, num_classes, (batch, size, size), dtype=np.int32)
-    return images, labels
-
-
-class Built:
-    """A model, its trainer (compiled like ``train.py``) and the repeated one-batch dataset."""
-
-    def __init__(self, cfg: Config, images: np.ndarray, labels: np.ndarray, num_classes: int, total_steps: int,
-                 reseed: bool = True) -> None:
-        class_names = tuple(f"class{i}" for i in range(num_classes))
-        previous_policy = keras.mixed_precision.global_policy().name
-        keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
-        try:
-            if reseed:  # tf.random.set_seed makes every existing tf.function retrace (an XLA recompile with jit)
-                keras.utils.set_random_seed(cfg.train.seed)
-            t0 = time.perf_counter()
-            self.model = build_model_from_config(cfg, num_classes, int(images.shape[-1]))
-            self.trainer = make_trainer(cfg, self.model, class_names)
-            self.trainer.compile(optimizer=make_optimizer(cfg, total_steps), jit_compile=cfg.train.jit_compile)
-            self.student_params = int(student_network(self.model).count_params())
-            self.total_params = int(self.model.count_params())
-            self.dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
-            self.build_s = time.perf_counter() - t0
-        finally:
-            keras.mixed_precision.set_global_policy(previous_policy)
-        self._iterator: Any = None
-
-    def warm(self, steps: int = 1) -> float:
-        """``fit`` for ``steps`` steps (builds optimizer/metric state and compiles the train function); seconds."""
-        t0 = time.perf_counter()
-        self.trainer.fit(self.dataset, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
-        return time.perf_counter() - t0
-
-    def step(self) -> tuple[float, float]:
-        """One more training step through the compiled ``train_function`` (as ``fit`` calls it): (wall s, CPU s)."""
-        if self._iterator is None:
-            self._iterator = iter(self.trainer.distribute_strategy.experimental_distribute_dataset(self.dataset))
-        c0, t0 = time.process_time(), time.perf_counter()
-        logs = self.trainer.train_function(self._iterator)
-        {k: np.asarray(v) for k, v in logs.items()}  # pull the results, as fit's callbacks do
-        return time.perf_counter() - t0, time.process_time() - c0
 
 
 def measure_mode(cfg: Config, label: str, images: np.ndarray, labels: np.ndarray, num_classes: int, warmup: int,
@@ -435,55 +266,7 @@ def variants(args: argparse.Namespace, base: Config) -> list[tuple[str, list[str
     return rows
 
 
-def estimate_teacher_bytes(cfg: Config, batch: int, size: int) -> float:
-    """Rough peak of the teacher's training step: similarity-map sized tensors of both axial passes.
-
-    A pass along an axis of length L' = ceil(size / pool) holds [B·L', heads, L', L'] maps for each of its similarity
-    terms (3 with positional encoding, 1 without); forward, BN, softmax, skew and their gradients multiply that.
-    """
-    t = cfg.teacher
-    s = math.ceil(size / t.pool_size)
-    terms = 3 if t.positional_encoding else 1
-    item = 2 if cfg.train.mixed_precision != "float32" else 4
-    one_map = batch * s * t.num_heads * s * s * item
-    return 2 * one_map * terms * TEACHER_MAPS_PER_TERM
-
-
 # ----------------------------------------------------------------------------------------------------- reporting
-def machine_info() -> dict:
-    cpu = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        affinity = None
-    try:
-        load = list(os.getloadavg())
-    except OSError:
-        load = None
-    total = _proc_kb("/proc/meminfo", "MemTotal")
-    return {
-        "cpu_model": cpu or platform.processor() or platform.machine(),
-        "logical_cores": os.cpu_count(),
-        "usable_cores": affinity,
-        "mem_total_gb": total / 1024**3 if total else None,
-        "mem_available_gb_at_start": (mem_available_bytes() or 0) / 1024**3,
-        "loadavg_at_start": load,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": np.__version__,
-        "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-        "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-    }
 
 
 def _fmt_time(mode: Optional[dict]) -> str:
@@ -491,10 +274,6 @@ def _fmt_time(mode: Optional[dict]) -> str:
         return "—"
     t = mode["time"]
     return f"{t['median_s']:.3f} (IQR {t['iqr_s']:.3f})"
-
-
-def _fmt(v: Optional[float], spec: str, suffix: str = "") -> str:
-    return "—" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:{spec}}{suffix}"
 
 
 COLUMNS = ("variant", "baseline step s", "distill step s", "time ratio", "paired time ratio", "baseline peak ΔRSS MB",
@@ -515,13 +294,13 @@ def format_table(rows: Sequence[dict]) -> str:
             if r["target_ratio_used"] == "paired" and r["sequential_meets_time_target"] != r["meets_time_target"]:
                 verdict += f"; sequential {r['time_ratio']:.2f}× {'meets' if r['sequential_meets_time_target'] else 'MISSES'}"
         cells = [
-            r["variant"], _fmt_time(b), _fmt_time(d), _fmt(r.get("time_ratio"), ".3f", "×"),
-            _fmt(r.get("paired_time_ratio"), ".3f", "×") + (f" (IQR {r['paired']['ratio_iqr']:.3f})" if r.get("paired") else ""),
-            _fmt(b["memory"]["peak_delta_rss_mb"] if b else None, ",.0f"),
-            _fmt(d["memory"]["peak_delta_rss_mb"] if d else None, ",.0f"),
-            _fmt(r.get("memory_ratio"), ".2f", "×"),
-            _fmt(r.get("student_params"), ","), _fmt(r.get("teacher_params"), ","),
-            _fmt(r.get("param_ratio"), ".5f", "×"), verdict,
+            r["variant"], _fmt_time(b), _fmt_time(d), fmt(r.get("time_ratio"), ".3f", "×"),
+            fmt(r.get("paired_time_ratio"), ".3f", "×") + (f" (IQR {r['paired']['ratio_iqr']:.3f})" if r.get("paired") else ""),
+            fmt(b["memory"]["peak_delta_rss_mb"] if b else None, ",.0f"),
+            fmt(d["memory"]["peak_delta_rss_mb"] if d else None, ",.0f"),
+            fmt(r.get("memory_ratio"), ".2f", "×"),
+            fmt(r.get("student_params"), ","), fmt(r.get("teacher_params"), ","),
+            fmt(r.get("param_ratio"), ".5f", "×"), verdict,
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
@@ -612,7 +391,7 @@ def run_benchmark(args: argparse.Namespace, log: Log = print) -> dict:
     machine = machine_info()
     load = machine["loadavg_at_start"]
     log(f"[setup] {machine['cpu_model']}, {machine['usable_cores']} cores, TF {machine['tensorflow']}, "
-        f"Keras {machine['keras']}; load average {_fmt_load(load)}")
+        f"Keras {machine['keras']}; load average {fmt_load(load)}")
     log(f"[setup] {base.model.arch} {json.dumps(base.model.options)}, input {args.size}x{args.size}x{args.in_channels}, "
         f"batch {args.batch_size}, {args.num_classes} classes, {warmup} warm-up + {steps} timed steps per mode, "
         f"{paired} paired steps")
@@ -716,9 +495,9 @@ def run_benchmark(args: argparse.Namespace, log: Log = print) -> dict:
                 "skipped": None,
             }
             verdict = "meets" if row["meets_time_target"] else "MISSES"
-            log(f"[{done}/{total}] {name}: time ratio {_fmt(time_ratio, '.3f', '×')} sequential, "
-                f"{_fmt(row['paired_time_ratio'], '.3f', '×')} paired ({verdict} the {TARGET_TIME_RATIO}× target), "
-                f"memory ratio {_fmt(row['memory_ratio'], '.2f', '×')}; {time.time() - t_start:.0f} s elapsed")
+            log(f"[{done}/{total}] {name}: time ratio {fmt(time_ratio, '.3f', '×')} sequential, "
+                f"{fmt(row['paired_time_ratio'], '.3f', '×')} paired ({verdict} the {TARGET_TIME_RATIO}× target), "
+                f"memory ratio {fmt(row['memory_ratio'], '.2f', '×')}; {time.time() - t_start:.0f} s elapsed")
             rows.append(row)
 
     try:
@@ -770,8 +549,8 @@ def run_benchmark(args: argparse.Namespace, log: Log = print) -> dict:
         f"# Teacher overhead: distillation / baseline ({time.strftime('%Y-%m-%d %H:%M')})",
         "",
         f"- machine: {machine['cpu_model']}, {machine['usable_cores']} usable cores, "
-        f"{_fmt(machine['mem_total_gb'], '.0f')} GB RAM; TF {machine['tensorflow']}, Keras {machine['keras']}",
-        f"- load average (1/5/15 min) at start {_fmt_load(load)}, at end {_fmt_load(load_end)}"
+        f"{fmt(machine['mem_total_gb'], '.0f')} GB RAM; TF {machine['tensorflow']}, Keras {machine['keras']}",
+        f"- load average (1/5/15 min) at start {fmt_load(load)}, at end {fmt_load(load_end)}"
         f" ({machine['usable_cores']} cores; load above that means other processes competed for the CPU)",
         f"- network: {base.model.arch} {json.dumps(base.model.options)}; input {args.size}×{args.size}×{args.in_channels}, "
         f"batch {args.batch_size}, {args.num_classes} classes, {base.train.mixed_precision}",
@@ -797,10 +576,6 @@ def _failed_row(name: str, key: str, cfg: Config, baseline: Optional[dict], why:
         "param_ratio": None, "target_ratio_used": None, "meets_time_target": None,
         "sequential_meets_time_target": None, "skipped": why,
     }
-
-
-def _fmt_load(load: Optional[list]) -> str:
-    return "/".join(f"{x:.2f}" for x in load) if load else "n/a"
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

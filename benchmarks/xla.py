@@ -7,7 +7,7 @@
     python benchmarks/xla.py --mode baseline                     # the network alone (distill.enabled: false)
 
 For every architecture (``--archs``) and precision (``--precisions``) the same training step is built twice exactly
-as ``train.py`` builds it (``teacher_overhead.Built``: ``build_model_from_config``, ``make_trainer``,
+as ``train.py`` builds it (``_measure.Built``: ``build_model_from_config``, ``make_trainer``,
 ``make_optimizer``, ``trainer.compile(jit_compile=...)``), once with ``train.jit_compile: false`` and once with
 ``true``; after ``--warmup`` ``fit`` steps (tracing, and XLA compilation when on) ``--steps`` calls of the compiled
 ``train_function`` are timed on one fixed random batch (``zoo.time_built``). A row gives both medians, the XLA
@@ -58,10 +58,10 @@ from benchmarks._common import (  # noqa: E402
     run_script_worker,
     write_report,
 )
-from benchmarks.teacher_overhead import (  # noqa: E402
+from benchmarks._measure import (  # noqa: E402
     Built,
-    _fmt,
-    _fmt_load,
+    fmt,
+    fmt_load,
     machine_info,
     random_batch,
     release_memory,
@@ -141,8 +141,8 @@ def measure_arch(arch: str, args: argparse.Namespace, prefix: str = "", log: Log
                     traceback.print_exc()
         add_ratios(row)
         row["wall_s"] = time.perf_counter() - t0
-        log(f"{prefix} {arch} {precision}: XLA speed-up {_fmt(row['speedup'], '.2f', '×')} "
-            f"(CPU {_fmt(row['cpu_speedup'], '.2f', '×')})")
+        log(f"{prefix} {arch} {precision}: XLA speed-up {fmt(row['speedup'], '.2f', '×')} "
+            f"(CPU {fmt(row['cpu_speedup'], '.2f', '×')})")
         rows.append(row)
     return rows
 
@@ -186,11 +186,11 @@ def format_table(rows: Sequence[dict]) -> str:
     align = [":---", ":---"] + ["---:"] * 5 + [":---", ":---"]
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(align) + "|"]
     for r in rows:
-        warm = " / ".join(_fmt((r.get(k) or {}).get("compile_warmup_s"), ".1f") for k in ("off", "on"))
+        warm = " / ".join(fmt((r.get(k) or {}).get("compile_warmup_s"), ".1f") for k in ("off", "on"))
         errors = r["errors"]
         status = "ok" if not errors else "; ".join(f"**XLA {k} failed**: {v[:120]}" for k, v in errors.items())
         cells = [r["arch"], r["precision"], _fmt_step(r.get("off")), _fmt_step(r.get("on")),
-                 _fmt(r.get("speedup"), ".2f", "×"), _fmt(r.get("cpu_speedup"), ".2f", "×"), warm,
+                 fmt(r.get("speedup"), ".2f", "×"), fmt(r.get("cpu_speedup"), ".2f", "×"), warm,
                  r.get("faster") or "—", status]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
@@ -220,7 +220,7 @@ def run_benchmark(args: argparse.Namespace, log: Log = print) -> dict:
     machine = machine_info()
     load = machine["loadavg_at_start"]
     log(f"[setup] {machine['cpu_model']}, {machine['usable_cores']} cores, TF {machine['tensorflow']}, "
-        f"Keras {machine['keras']}; load average {_fmt_load(load)}")
+        f"Keras {machine['keras']}; load average {fmt_load(load)}")
     log(f"[setup] {', '.join(archs)} × {', '.join(args.precisions)} × XLA off/on; {args.mode} step, encoder "
         f"{args.encoder} {json.dumps(parse_options(args.options))}, input {args.size}x{args.size}x{args.in_channels}, "
         f"batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps per cell; isolation {args.isolation}")
@@ -228,7 +228,7 @@ def run_benchmark(args: argparse.Namespace, log: Log = print) -> dict:
     rows: list[dict] = []
     for i, arch in enumerate(archs, 1):
         prefix = f"[arch {i}/{len(archs)}]"
-        log(f"{prefix} {arch}: start, {time.time() - t_start:.0f} s elapsed, load average {_fmt_load(_loadavg())}")
+        log(f"{prefix} {arch}: start, {time.time() - t_start:.0f} s elapsed, load average {fmt_load(_loadavg())}")
         try:
             rows += run_worker(arch, args, prefix, log) if args.isolation == "process" else \
                 measure_arch(arch, args, prefix, log)
@@ -268,7 +268,7 @@ def run_benchmark(args: argparse.Namespace, log: Log = print) -> dict:
         f"# XLA on/off per architecture and precision ({time.strftime('%Y-%m-%d %H:%M')})",
         "",
         f"- machine: {machine['cpu_model']}, {machine['usable_cores']} usable cores; TF {machine['tensorflow']}, "
-        f"Keras {machine['keras']}; load average at start {_fmt_load(load)}, at end {_fmt_load(load_end)}",
+        f"Keras {machine['keras']}; load average at start {fmt_load(load)}, at end {fmt_load(load_end)}",
         f"- {args.mode} step, encoder {args.encoder} {json.dumps(parse_options(args.options))}, input "
         f"{args.size}×{args.size}×{args.in_channels}, batch {args.batch}, {args.num_classes} classes, {args.warmup} "
         f"warm-up + {args.steps} timed steps per cell, config {args.config}"

@@ -15,7 +15,7 @@ For every architecture of :data:`axial_kd_tf.models.ZOO` (``--archs`` selects) w
   pad, concat, ...) count 0;
 * **training-step time** at ``--batch``: the baseline (``distill.enabled: false``, CE only) and the distillation mode
   (the ``--config`` teacher, ``--set`` overrides as in ``train.py``), each built, compiled
-  (``jit_compile=train.jit_compile``) and optimised exactly as ``train.py`` does (``teacher_overhead.Built``). After
+  (``jit_compile=train.jit_compile``) and optimised exactly as ``train.py`` does (``_measure.Built``). After
   ``--warmup`` ``fit`` steps (tracing + XLA compilation), ``--steps`` calls of the compiled ``train_function`` are
   timed on one fixed random batch; median of each mode and their ratio (distill / baseline);
 * **TFLite float32 latency** of the student at ``[1, H, W, C]`` (``export.convert_tflite`` builtins only, then
@@ -74,11 +74,11 @@ from benchmarks._common import (  # noqa: E402
     run_script_worker,
     write_report,
 )
-from benchmarks.teacher_overhead import (  # noqa: E402
+from benchmarks._measure import (  # noqa: E402
     MB,
     Built,
-    _fmt,
-    _fmt_load,
+    fmt,
+    fmt_load,
     hwm_bytes,
     machine_info,
     random_batch,
@@ -373,10 +373,10 @@ def describe_teacher(cfg: Config) -> str:
 
 
 def summary_line(row: dict) -> str:
-    parts = [f"{_fmt(row.get('student_params'), ',')} params", f"{_fmt(row.get('gflops'), '.2f')} GFLOPs",
-             f"steps {_fmt(_median(row.get('baseline')), '.2f')} / {_fmt(_median(row.get('distill')), '.2f')} s",
-             f"ratio {_fmt(row.get('time_ratio'), '.2f', '×')}",
-             f"TFLite {_fmt((row.get('tflite') or {}).get('mean_latency_ms'), '.0f')} ms"]
+    parts = [f"{fmt(row.get('student_params'), ',')} params", f"{fmt(row.get('gflops'), '.2f')} GFLOPs",
+             f"steps {fmt(_median(row.get('baseline')), '.2f')} / {fmt(_median(row.get('distill')), '.2f')} s",
+             f"ratio {fmt(row.get('time_ratio'), '.2f', '×')}",
+             f"TFLite {fmt((row.get('tflite') or {}).get('mean_latency_ms'), '.0f')} ms"]
     if row.get("errors"):
         parts.append(f"errors in {', '.join(row['errors'])}")
     return ", ".join(parts)
@@ -436,10 +436,10 @@ def format_table(rows: Sequence[dict]) -> str:
         params = "—"
         if r.get("student_params") is not None:
             params = f"{r['student_params']:,} ({r['student_trainable_params']:,})"
-        cells = [r["arch"], params, _fmt(r.get("teacher_params"), ","), _fmt(r.get("gflops"), ".2f"),
-                 _fmt_step(r.get("baseline")), _fmt_step(r.get("distill")), _fmt(r.get("time_ratio"), ".2f", "×"),
-                 _fmt(r.get("cpu_time_ratio"), ".2f", "×"), _fmt(tfl.get("mean_latency_ms"), ".1f"),
-                 _fmt(tfl.get("max_abs_diff"), ".1e"), status]
+        cells = [r["arch"], params, fmt(r.get("teacher_params"), ","), fmt(r.get("gflops"), ".2f"),
+                 _fmt_step(r.get("baseline")), _fmt_step(r.get("distill")), fmt(r.get("time_ratio"), ".2f", "×"),
+                 fmt(r.get("cpu_time_ratio"), ".2f", "×"), fmt(tfl.get("mean_latency_ms"), ".1f"),
+                 fmt(tfl.get("max_abs_diff"), ".1e"), status]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
@@ -497,7 +497,7 @@ def run_benchmark(args: argparse.Namespace, log: Log = print) -> dict:
     machine = machine_info()
     load = machine["loadavg_at_start"]
     log(f"[setup] {machine['cpu_model']}, {machine['usable_cores']} cores, TF {machine['tensorflow']}, "
-        f"Keras {machine['keras']}; load average {_fmt_load(load)}")
+        f"Keras {machine['keras']}; load average {fmt_load(load)}")
     log(f"[setup] {len(archs)} architecture(s): {', '.join(archs)}; encoder {args.encoder}, input "
         f"{args.size}x{args.size}x{args.in_channels}, batch {args.batch}, {args.num_classes} classes, "
         f"{args.warmup} warm-up + {args.steps} timed steps per mode, {bcfg.train.mixed_precision}, "
@@ -507,7 +507,7 @@ def run_benchmark(args: argparse.Namespace, log: Log = print) -> dict:
     loads: list[list[float]] = [load] if load else []
     for i, arch in enumerate(archs, 1):
         prefix = f"[arch {i}/{len(archs)}]"
-        log(f"{prefix} {arch}: start, {time.time() - t_start:.0f} s elapsed, load average {_fmt_load(_loadavg())}")
+        log(f"{prefix} {arch}: start, {time.time() - t_start:.0f} s elapsed, load average {fmt_load(_loadavg())}")
         try:
             if isolated:
                 row = run_worker(arch, args, prefix, log)
@@ -552,9 +552,9 @@ def run_benchmark(args: argparse.Namespace, log: Log = print) -> dict:
         f"# Model zoo: parameters, FLOPs, training step, TFLite ({time.strftime('%Y-%m-%d %H:%M')})",
         "",
         f"- machine: {machine['cpu_model']}, {machine['usable_cores']} usable cores, "
-        f"{_fmt(machine['mem_total_gb'], '.0f')} GB RAM; TF {machine['tensorflow']}, Keras {machine['keras']}",
-        f"- load average (1/5/15 min) at start {_fmt_load(load)}, at end {_fmt_load(load_end)}, mean of the "
-        f"per-architecture samples {_fmt_load(mean_load)} ({machine['usable_cores']} cores; above that, other "
+        f"{fmt(machine['mem_total_gb'], '.0f')} GB RAM; TF {machine['tensorflow']}, Keras {machine['keras']}",
+        f"- load average (1/5/15 min) at start {fmt_load(load)}, at end {fmt_load(load_end)}, mean of the "
+        f"per-architecture samples {fmt_load(mean_load)} ({machine['usable_cores']} cores; above that, other "
         "processes competed for the CPU)",
         f"- encoder {args.encoder}; input {args.size}×{args.size}×{args.in_channels}, batch {args.batch}, "
         f"{args.num_classes} classes, {bcfg.train.mixed_precision}, jit_compile={bcfg.train.jit_compile}, "

@@ -62,7 +62,7 @@ def test_defaults_load_without_a_file():
 
 # The loss and teacher settings the teacher study chose (docs/method.md), which every shipped distillation config
 # follows; the study's own base config pins the paper's form instead, so it is exempt.
-STUDY_CHOICE = {"distill.target": "kl", "distill.temperature": 2.0, "distill.mask": "teacher_correct",
+STUDY_CHOICE = {"distill.target": "kl", "distill.temperature": 2.0, "distill.mask": "teacher_fixes",
                 "teacher.detach_input": True}
 
 

@@ -1,19 +1,30 @@
 """Encoders of the model zoo (``axial_kd_tf.models.encoders``): taps, parameter pins, dilation, ImageNet weights.
 
-Nothing downloads: ImageNet weights are faked by pointing keras.applications' ``get_file`` at local files.
+Nothing downloads: Keras' ImageNet weights are faked by pointing keras.applications' ``get_file`` at local files;
+torchvision's are random-weight PyTorch ResNets saved with ``torch.save`` and "downloaded" from a ``file://`` mirror.
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import pickle
 import re
+import shutil
+import zipfile
+from collections import OrderedDict
 
 import keras
 import numpy as np
 import pytest
 from keras.src.utils import file_utils  # what keras.applications calls to fetch weights
+from torch_resnet import torch_resnet
 
+from axial_kd_tf.data import download
 from axial_kd_tf.errors import UserError
 from axial_kd_tf.models import encoders
+from axial_kd_tf.models import torchvision_weights as tv
+from axial_kd_tf.models.torch_checkpoint import read_torch_state_dict
 from axial_kd_tf.models.encoders import (
     APP_TAPS,
     adapt_first_conv_kernel,
@@ -347,13 +358,6 @@ def test_unknown_encoder_suggests_closest():
         build_encoder("efficientnet-b0", keras.Input((None, None, 3)))
 
 
-def test_imagenet_on_native_resnet_lists_available():
-    with pytest.raises(UserError, match="native 'resnet34'") as err:
-        build_encoder("resnet34", keras.Input((None, None, 3)), weights="imagenet")
-    for name in ("resnet50", "efficientnetb0", "mobilenetv2", "convnext_tiny", "vgg16"):
-        assert name in str(err.value)
-
-
 @pytest.mark.parametrize("kwargs, match", [
     ({"weights": "noisy-student"}, "encoder_weights 'noisy-student'"),
     ({"depth": 6}, "encoder_depth"),
@@ -374,84 +378,23 @@ def test_weights_none_spellings():
 # Cross-check against PyTorch (torchvision layout + SMP's make_dilated), only where torch is installed
 # ---------------------------------------------------------------------------------------------------------------
 
-def _torch_resnet(torch, blocks, in_channels):
-    nn = torch.nn
-
-    class BasicBlock(nn.Module):  # torchvision.models.resnet.BasicBlock
-        def __init__(self, inplanes, planes, stride):
-            super().__init__()
-            self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(planes)
-            self.relu = nn.ReLU()
-            self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(planes)
-            self.downsample = None
-            if stride != 1 or inplanes != planes:
-                self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False),
-                                                nn.BatchNorm2d(planes))
-
-        def forward(self, x):
-            identity = x if self.downsample is None else self.downsample(x)
-            out = self.relu(self.bn1(self.conv1(x)))
-            return self.relu(self.bn2(self.conv2(out)) + identity)
-
-    class ResNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
-            self.bn1 = nn.BatchNorm2d(64)
-            self.relu = nn.ReLU()
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
-            inplanes = 64
-            for i, (n, planes) in enumerate(zip(blocks, (64, 128, 256, 512)), start=1):
-                layer = []
-                for b in range(n):
-                    layer.append(BasicBlock(inplanes, planes, (1 if i == 1 else 2) if b == 0 else 1))
-                    inplanes = planes
-                setattr(self, f"layer{i}", nn.Sequential(*layer))
-
-        def forward(self, x):
-            x = self.relu(self.bn1(self.conv1(x)))
-            feats = [x]
-            x = self.layer1(self.maxpool(x))
-            feats.append(x)
-            for i in (2, 3, 4):
-                x = getattr(self, f"layer{i}")(x)
-                feats.append(x)
-            return feats
-
-    return ResNet()
-
-
 # Output stride 32 in the default tier; the dilated strides (16, 8) in the slow tier to keep the default suite's time.
 @pytest.mark.parametrize("output_stride", [32, pytest.param(16, marks=pytest.mark.slow),
                                            pytest.param(8, marks=pytest.mark.slow)])
 def test_native_resnet_matches_torch(output_stride):
+    """The package's converter (:func:`tv.load_torchvision_resnet`) on a 2-channel torch resnet34, plain and dilated."""
     torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    net = _torch_resnet(torch, encoders.NATIVE_RESNETS["resnet34"], 2)
+    net = torch_resnet(torch, encoders.NATIVE_RESNETS["resnet34"], 2)
     # SMP encoders/_utils.py replace_strides_with_dilation on stages 5 (and 4)
     for layer, rate in {32: {}, 16: {"layer4": 2}, 8: {"layer3": 2, "layer4": 4}}[output_stride].items():
         for mod in getattr(net, layer).modules():
             if isinstance(mod, torch.nn.Conv2d):
                 mod.stride, mod.dilation = (1, 1), (rate, rate)
                 mod.padding = ((mod.kernel_size[0] // 2) * rate, (mod.kernel_size[1] // 2) * rate)
-    with torch.no_grad():
-        for mod in net.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                mod.weight.uniform_(0.5, 1.5), mod.bias.uniform_(-0.2, 0.2)
-                mod.running_mean.uniform_(-0.2, 0.2), mod.running_var.uniform_(0.5, 1.5)
-    net.eval()
     feats = build_encoder("resnet34", keras.Input((None, None, 2)), output_stride=output_stride)
     model = _model(feats)
-    for key, mod in net.named_modules():
-        kname = re.sub(r"layer(\d)\.(\d+)\.", r"layer\1_block\2_", key)
-        kname = "encoder_" + kname.replace("downsample.0", "downsample_conv").replace("downsample.1", "downsample_bn")
-        if isinstance(mod, torch.nn.Conv2d):
-            model.get_layer(kname).set_weights([mod.weight.detach().numpy().transpose(2, 3, 1, 0)])
-        elif isinstance(mod, torch.nn.BatchNorm2d):
-            model.get_layer(kname).set_weights([t.detach().numpy() for t in (
-                mod.weight, mod.bias, mod.running_mean, mod.running_var)])
+    state = {k: v.numpy() for k, v in net.state_dict().items()}
+    tv.load_torchvision_resnet({layer.name: layer for layer in model.layers}, state, "resnet34")
     x = np.random.default_rng(3).normal(size=(1, 2, 72, 56)).astype(np.float32)
     with torch.no_grad():
         expected = [t.numpy().transpose(0, 2, 3, 1) for t in net(torch.from_numpy(x))]
@@ -459,3 +402,177 @@ def test_native_resnet_matches_torch(output_stride):
     for e, g in zip(expected, got):
         assert e.shape == g.shape
         np.testing.assert_allclose(g, e, rtol=1e-3, atol=1e-3 * float(np.abs(e).max()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# torchvision checkpoints: the torch-free reader, the converter, the cache/download and the errors
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def resnet18_pth(tmp_path_factory):
+    """A random-weight torch resnet18 with a 10-class ``fc`` (ignored, as torchvision's 1000-class one is) and the
+    ``torch.save(net.state_dict())`` file of it."""
+    torch = pytest.importorskip("torch")
+    net = torch_resnet(torch, encoders.NATIVE_RESNETS["resnet18"], 3, num_classes=10)
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    torch.save(net.state_dict(), path)
+    return net, path
+
+
+def _rgb_conv1(net) -> np.ndarray:
+    return net.conv1.weight.detach().numpy().transpose(2, 3, 1, 0)  # torch (out, in, kh, kw) → Keras layout
+
+
+def test_read_torch_state_dict_matches_torch_save(tmp_path):
+    """dtypes, 0-d tensors, views that share one storage at an offset or with strides (non-contiguous), empty ones."""
+    torch = pytest.importorskip("torch")
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    state = OrderedDict(
+        contiguous=torch.randn(2, 3, 4), transposed=base.t(), row=base[2, 1:5], every_other=base[:, ::2],
+        steps=torch.tensor(7), half=torch.randn(5).half(), bf16=torch.randn(3).bfloat16(),
+        double=torch.randn(2, 2, dtype=torch.float64), flags=torch.tensor([True, False]),
+        small=torch.arange(4, dtype=torch.uint8), int32=torch.tensor([-3, 4], dtype=torch.int32),
+        empty=torch.zeros(0, 3),
+    )
+    torch.save(state, tmp_path / "state.pth")
+    got = read_torch_state_dict(tmp_path / "state.pth")
+    assert list(got) == list(state)
+    for key, tensor in state.items():
+        want = (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+        assert got[key].dtype == want.dtype and got[key].shape == want.shape, key
+        np.testing.assert_array_equal(got[key], want, err_msg=key)
+    assert got["transposed"].flags["C_CONTIGUOUS"] and got["transposed"].flags["WRITEABLE"]
+
+
+def _archive(path, payload: bytes) -> None:
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", payload)
+
+
+class _Call:
+    def __reduce__(self):
+        return (shutil.rmtree, ("/nonexistent-axial-kd-test",))  # what a malicious checkpoint would do
+
+
+def test_read_torch_state_dict_refuses_anything_but_tensors(tmp_path):
+    """A checkpoint is untrusted: globals other than a state dict's are refused, never imported or called."""
+    _archive(tmp_path / "evil.pth", pickle.dumps({"x": _Call()}, protocol=2))
+    with pytest.raises(UserError, match=r"evil\.pth.*refers to 'shutil\.rmtree'.*not loaded"):
+        read_torch_state_dict(tmp_path / "evil.pth")
+    _archive(tmp_path / "date.pth", pickle.dumps({"when": datetime.date(2020, 1, 1)}, protocol=2))
+    with pytest.raises(UserError, match="datetime.date"):
+        read_torch_state_dict(tmp_path / "date.pth")
+    _archive(tmp_path / "epoch.pth", pickle.dumps({"epoch": 3}, protocol=2))
+    with pytest.raises(UserError, match="holds int under 'epoch', not a tensor"):
+        read_torch_state_dict(tmp_path / "epoch.pth")
+
+
+def test_read_torch_state_dict_damaged_files_are_one_line_errors(tmp_path, resnet18_pth):
+    _, good = resnet18_pth
+    (tmp_path / "noise.pth").write_bytes(np.random.default_rng(0).bytes(1000))
+    (tmp_path / "half.pth").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    for name in ("noise.pth", "half.pth", "missing.pth"):
+        with pytest.raises(UserError) as err:
+            read_torch_state_dict(tmp_path / name)
+        message = str(err.value)
+        assert str(tmp_path / name) in message and "\n" not in message, message
+        assert ("does not exist" if name == "missing.pth" else "not a PyTorch zip checkpoint") in message
+
+
+def test_torchvision_checkpoint_file_matches_torch(resnet18_pth):
+    """torch.save → torch-free reader → converter → native resnet18: the same features as the torch model."""
+    torch = pytest.importorskip("torch")
+    net, path = resnet18_pth
+    model = _model(build_encoder("resnet18", keras.Input((None, None, 3)), weights=str(path)))
+    x = np.random.default_rng(4).normal(size=(1, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        expected = [t.numpy().transpose(0, 2, 3, 1) for t in net(torch.from_numpy(x))]
+    got = [t.numpy() for t in model(x.transpose(0, 2, 3, 1), training=False)]
+    for e, g in zip(expected, got):
+        assert e.shape == g.shape
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(e).max())))
+
+
+@pytest.mark.parametrize("channels", [1, 2, 4])
+def test_torchvision_first_conv_adapted_as_smp(resnet18_pth, channels):
+    """SMP change_conv_in_channels: 1 → sum over RGB; otherwise RGB repeated cyclically, × 3/channels. depth=1 also
+    checks that the stages an encoder does not build need no layers."""
+    net, path = resnet18_pth
+    model = _model(build_encoder("resnet18", keras.Input((None, None, channels)), weights=str(path), depth=1))
+    rgb = _rgb_conv1(net)
+    expected = {1: rgb.sum(axis=2, keepdims=True), 2: rgb[:, :, [0, 1]] * 1.5, 4: rgb[:, :, [0, 1, 2, 0]] * 0.75}
+    np.testing.assert_allclose(model.get_layer("encoder_conv1").kernel.numpy(), expected[channels], rtol=1e-6,
+                               atol=1e-7)
+    np.testing.assert_array_equal(model.get_layer("encoder_bn1").moving_variance.numpy(),
+                                  net.bn1.running_var.numpy())
+
+
+def test_torchvision_checkpoint_of_another_network_is_a_user_error(resnet18_pth, tmp_path):
+    _, path = resnet18_pth
+    with pytest.raises(UserError, match=r"resnet18\.pth' is not a torchvision resnet34 state dict: it lacks .*"
+                                        r"'layer1\.2\.conv1\.weight'"):
+        build_encoder("resnet34", keras.Input((None, None, 3)), weights=str(path))
+    renamed = tmp_path / "resnet18-f37072fd.pth"  # a published name: its sha256 prefix is checked
+    shutil.copy(path, renamed)
+    with pytest.raises(UserError, match=r"resnet18-f37072fd\.pth' failed sha256 verification.*download it again "
+                                        r"from https://download\.pytorch\.org/models/resnet18-f37072fd\.pth"):
+        build_encoder("resnet18", keras.Input((None, None, 3)), weights=str(renamed), depth=1)
+    with pytest.raises(UserError, match=r"file '.*nowhere\.pth' does not exist; .*encoder_weights: imagenet"):
+        build_encoder("resnet18", keras.Input((None, None, 3)), weights=str(tmp_path / "nowhere.pth"))
+
+
+def test_checkpoint_file_for_a_keras_encoder_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match=r"torchvision-layout encoders only \(resnet18, resnet34\); for 'resnet50' "
+                                        r"use imagenet"):
+        build_encoder("resnet50", keras.Input((None, None, 3)), weights=str(tmp_path / "resnet50.pth"))
+
+
+@pytest.fixture
+def weights_env(monkeypatch, tmp_path):
+    """Empty weights and torch.hub caches, a ``file://`` mirror in place of download.pytorch.org, no retry waits."""
+    dirs = {name: tmp_path / name for name in ("cache", "torch", "mirror")}
+    monkeypatch.setenv(tv.WEIGHTS_DIR_ENV, str(dirs["cache"]))
+    monkeypatch.setenv("TORCH_HOME", str(dirs["torch"]))
+    monkeypatch.setenv(download.MIRROR_ENV, dirs["mirror"].as_uri())
+    monkeypatch.setattr(download.time, "sleep", lambda s: None)
+    (dirs["mirror"] / "weights").mkdir(parents=True)
+    return dirs
+
+
+def test_imagenet_downloads_verifies_and_reuses_the_cache(resnet18_pth, weights_env, monkeypatch):
+    net, path = resnet18_pth
+    prefix = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+    name = f"resnet18-{prefix}.pth"  # the fake's own hash, since no file has torchvision's
+    monkeypatch.setitem(tv.TORCHVISION_IMAGENET, "resnet18",
+                        tv.TorchvisionCheckpoint(f"https://download.pytorch.org/models/{name}", prefix))
+    shutil.copy(path, weights_env["mirror"] / "weights" / name)
+
+    def conv1(weights="imagenet"):
+        model = _model(build_encoder("resnet18", keras.Input((None, None, 1)), weights=weights, depth=1))
+        return model.get_layer("encoder_conv1").kernel.numpy()
+
+    np.testing.assert_allclose(conv1(), _rgb_conv1(net).sum(axis=2, keepdims=True), rtol=1e-6, atol=1e-7)
+    cached = weights_env["cache"] / name
+    assert cached.is_file() and not (weights_env["cache"] / f"{name}.part").exists()
+    (weights_env["mirror"] / "weights" / name).unlink()  # offline from now on
+    conv1()  # from the cache
+    hub = weights_env["torch"] / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    cached.rename(hub / name)
+    conv1()  # from torch.hub's cache
+    assert not cached.exists()
+    conv1(" ImageNet ")  # spelling
+
+
+def test_imagenet_checksum_mismatch_and_offline_are_user_errors(resnet18_pth, weights_env):
+    _, path = resnet18_pth
+    shutil.copy(path, weights_env["mirror"] / "weights" / "resnet18-f37072fd.pth")  # not torchvision's file
+    with pytest.raises(UserError, match=r"resnet18-f37072fd\.pth' failed sha256 verification .*expected f37072fd"):
+        build_encoder("resnet18", keras.Input((None, None, 3)), weights="imagenet")
+    assert list(weights_env["cache"].iterdir()) == []  # the .part is deleted
+    with pytest.raises(UserError) as err:  # nothing at the mirror: as if offline
+        build_encoder("resnet34", keras.Input((None, None, 3)), weights="imagenet")
+    message = str(err.value)
+    for part in ("resnet34-b627a593.pth", "download https://download.pytorch.org/models/resnet34-b627a593.pth",
+                 "set model.encoder_weights to its path"):
+        assert part in message

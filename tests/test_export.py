@@ -240,7 +240,7 @@ def test_failing_verification_leaves_nothing_and_keeps_previous_export(model, da
     def broken_verify(*args, **kwargs):
         raise RuntimeError("simulated verification crash")
 
-    monkeypatch.setattr(ex, "verify_tflite", broken_verify)
+    monkeypatch.setattr(ex.convert, "verify_tflite", broken_verify)
     with pytest.raises(RuntimeError, match="verification crash"):
         ex.export_network(model, out, SHAPE, variants=("float32",), verify_images=data["verify_x"][:2],
                           saved_model=True, progress=None)
@@ -260,7 +260,7 @@ def test_non_builtin_op_fails_loudly(tmp_path):
     with pytest.raises(ex.TFLiteConversionError, match="FFT2D"):
         ex.convert_tflite(net, (8, 8, 1))
     # With Flex allowed (what keras' model.export(format="litert") does) it converts, and tflite_op_names shows it.
-    ex._write_serving_archive(net, tmp_path / "sm", (1, 8, 8, 1))
+    ex.convert._write_serving_archive(net, tmp_path / "sm", (1, 8, 8, 1))
     converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "sm"))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
     assert "CUSTOM:FlexFFT2D" in ex.tflite_op_names(converter.convert())

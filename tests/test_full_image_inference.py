@@ -17,7 +17,7 @@ from axial_kd_tf.cli import _inference_predictor, evaluate_main
 from axial_kd_tf.config import dump_config, load_config
 from axial_kd_tf.distill import build_distillation_model
 from axial_kd_tf.errors import UserError
-from axial_kd_tf.evaluation import (
+from axial_kd_tf.inference import (
     FullImagePredictor,
     SlidingWindow,
     TimedPredictor,
@@ -34,7 +34,8 @@ from axial_kd_tf.evaluation import (
 from axial_kd_tf.layers import AxialTeacherHead
 from axial_kd_tf.models.blocks import InputSizeCheck
 from axial_kd_tf.models.simple_unet import build_simple_unet
-from axial_kd_tf.training import KerasPredictor, build_model_from_config
+from axial_kd_tf.inference import KerasPredictor
+from axial_kd_tf.training import build_model_from_config
 
 NUM_CLASSES = 3
 
@@ -394,8 +395,8 @@ def test_evaluate_default_is_unchanged(tiny_run: Path, capsys):
     assert "[eval] mode: whole-image (3 images)" in out and "ms per image" in out
     assert payload["inference"]["full_image"] is False and payload["inference"]["tile_size"] == 16
     from axial_kd_tf.data import load_data
-    from axial_kd_tf.evaluation import metrics_payload
-    from axial_kd_tf.training import load_run_config, load_run_model
+    from axial_kd_tf.inference import metrics_payload
+    from axial_kd_tf.rundir import load_run_config, load_run_model
 
     data = load_data(load_run_config(tiny_run))
     images, masks = data.split("test")

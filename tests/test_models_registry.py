@@ -3,6 +3,8 @@ error raised while building is the builder's own (a ``TypeError`` there is a bug
 
 from __future__ import annotations
 
+import keras
+import numpy as np
 import pytest
 
 from axial_kd_tf.errors import UserError
@@ -65,3 +67,23 @@ def test_missing_required_option_is_a_user_error(throwaway):
                                         r"argument: 'width'$"):
         build_network("_test_required", num_classes=2)
     assert build_network("_test_required", num_classes=2, width=3) == "built"
+
+
+def test_build_network_loads_torchvision_weights_from_a_local_file(tmp_path):
+    """``encoder_weights: <path>`` reaches the encoder through the registry: the encoder gets the checkpoint (conv1
+    adapted to one channel as SMP does), the decoder and head keep their own initialisation."""
+    torch = pytest.importorskip("torch")
+    from torch_resnet import torch_resnet
+
+    net = torch_resnet(torch, (2, 2, 2, 2), 3, num_classes=10)
+    torch.save(net.state_dict(), tmp_path / "resnet18.pth")
+    model = build_network("linknet", encoder="resnet18", num_classes=2, in_channels=1,
+                          encoder_weights=str(tmp_path / "resnet18.pth"), encoder_depth=3)
+    rgb = net.conv1.weight.detach().numpy().transpose(2, 3, 1, 0)
+    np.testing.assert_allclose(model.get_layer("encoder_conv1").kernel.numpy(), rgb.sum(axis=2, keepdims=True),
+                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(model.get_layer("encoder_layer2_block1_bn2").moving_mean.numpy(),
+                                  net.layer2[1].bn2.running_mean.numpy())
+    decoder_bns = [layer for layer in model.layers
+                   if layer.name.startswith("decoder") and isinstance(layer, keras.layers.BatchNormalization)]
+    assert decoder_bns and all(np.all(layer.moving_variance.numpy() == 1.0) for layer in decoder_bns)

@@ -31,7 +31,8 @@ from axial_kd_tf.cli import evaluate_main, export_main, train_main
 from axial_kd_tf.config import load_config
 from axial_kd_tf.distill import DistillationTrainer
 from axial_kd_tf.errors import UserError
-from axial_kd_tf.training import InterruptAfterEpoch, train
+from axial_kd_tf.pipeline import train
+from axial_kd_tf.training import InterruptAfterEpoch
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -413,13 +414,13 @@ def test_resume_with_a_garbage_best_json(tmp_path: Path, interrupted: Path, caps
 
 def test_a_finished_training_is_never_repeated(tmp_path: Path, capsys, monkeypatch):
     """Export fails after training (a full disk): --resume and the export command redo only what is missing."""
-    import axial_kd_tf.training as training
+    import axial_kd_tf.pipeline as pipeline
     from axial_kd_tf.io_utils import DiskFullError
 
     def disk_full(*args, **kwargs):
         raise DiskFullError("disk full: writing 'export/student.tflite' needs about 1.0 MB, 0 KB free")
 
-    monkeypatch.setattr(training, "export_run", disk_full)
+    monkeypatch.setattr(pipeline, "export_run", disk_full)
     run = tmp_path / "run"
     assert "disk full" in _fails(train_main, _argv(run, *EXPORT), capsys)
     assert _history_epochs(run) == ["0", "1", "2"] and not (run / "metrics.json").exists()
@@ -624,12 +625,12 @@ def test_export_input_size_that_the_network_cannot_take(reference: Path, capsys)
 ], ids=["read-only", "disk-full", "disk-full-no-name"])
 def test_os_errors_of_user_paths_are_one_line(capsys, monkeypatch, error: OSError):
     """The backstop behind the checks: an unwritable path met while running is still one line and exit 2."""
-    import axial_kd_tf.training as training
+    import axial_kd_tf.pipeline as pipeline
 
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(training, "train", fail)
+    monkeypatch.setattr(pipeline, "train", fail)
     line = _fails(train_main, ["--config", "quickstart", "--run-dir", "unused"], capsys)
     assert ("disk full" if error.errno == errno.ENOSPC else "Read-only") in line
     assert error.filename is None or error.filename in line
@@ -663,12 +664,12 @@ _CHILD = textwrap.dedent("""
                 with open(os.path.join(fill_after, "filler"), "wb") as f:
                     f.write(b"0" * max(free - 16 * 1024, 0))
 
-    import axial_kd_tf.training as training
-    original = training.train
+    import axial_kd_tf.pipeline as pipeline
+    original = pipeline.train
     def train(*args, **kwargs):
         kwargs["extra_callbacks"] = (Fault(),)
         return original(*args, **kwargs)
-    training.train = train
+    pipeline.train = train
     sys.exit(train_main(argv))
 """)
 

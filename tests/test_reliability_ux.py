@@ -38,7 +38,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> tuple[Path, list[str]]:
     """A finished two-epoch baseline run (one step each, float32 TFLite) and the progress lines it printed."""
-    from axial_kd_tf.training import train
+    from axial_kd_tf.pipeline import train
 
     run = tmp_path_factory.mktemp("ux") / "run"
     lines: list[str] = []

@@ -11,7 +11,8 @@ import tensorflow as tf
 
 from axial_kd_tf.cli import evaluate_main, export_main
 from axial_kd_tf.config import load_config
-from axial_kd_tf.training import InterruptAfterEpoch, train
+from axial_kd_tf.pipeline import train
+from axial_kd_tf.training import InterruptAfterEpoch
 
 TINY = [
     "data.image_size=32", "data.train_samples=8", "data.val_samples=4", "data.test_samples=4",

@@ -35,7 +35,7 @@ from axial_kd_tf.data.io import default_data_root
 from axial_kd_tf.errors import UserError
 
 __all__ = ["RemoteFile", "Dataset", "DATASETS", "MIRROR_ENV", "get_dataset", "read_checksums", "file_digest",
-           "fetch", "download", "verify", "info"]
+           "digest_matches", "fetch", "download", "verify", "info"]
 
 MIRROR_ENV = "AXIAL_KD_DOWNLOAD_MIRROR"
 USER_AGENT = "axial-kd-tf-downloader/0.1 (python urllib)"
@@ -53,7 +53,7 @@ class RemoteFile:
     path: str
     url: str
     algorithm: str  # a hashlib name: "sha256", "md5"
-    digest: str
+    digest: str  # hex, or a prefix of 8+ digits (torch.hub's checkpoint-name convention: digest_matches)
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,16 @@ def file_digest(path: Path, algorithm: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def digest_matches(got: str, expected: str) -> bool:
+    """``got`` (a full hex digest) matches ``expected``: equal, or ``expected`` is a prefix of 8+ hex digits.
+
+    The prefix form is torch.hub's ``check_hash`` convention: published PyTorch checkpoints name only the first
+    digits of their sha256 (``resnet18-f37072fd.pth``), so that is all a downloader can check against.
+    """
+    expected = expected.lower()
+    return got == expected or (len(expected) >= 8 and got.startswith(expected))
 
 
 def _sizes(done: int, total: Optional[int]) -> str:
@@ -284,7 +294,7 @@ def fetch(
     part = _part_path(final)
     label = remote.path
     if final.is_file():
-        if file_digest(final, remote.algorithm) == remote.digest:
+        if digest_matches(file_digest(final, remote.algorithm), remote.digest):
             return "present"
         if progress is not None:
             progress.write(f"{label}: {remote.algorithm} mismatch in the existing file, downloading it again\n")
@@ -316,7 +326,7 @@ def fetch(
     if not part.is_file():
         raise UserError(f"downloading '{remote.url}' to '{final}' produced no data; re-run the same command")
     got = file_digest(part, remote.algorithm)
-    if got != remote.digest:
+    if not digest_matches(got, remote.digest):
         part.unlink()
         raise UserError(f"'{final}' failed {remote.algorithm} verification (got {got}, expected {remote.digest}); "
                         f"the partial file was deleted, re-run the same command to download it again")
@@ -369,7 +379,8 @@ def verify(name: str, dest: Optional[Path] = None, *, dataset: Optional[Dataset]
     for remote in ds.files:
         path = folder / remote.path
         if path.is_file():
-            result[remote.path] = "ok" if file_digest(path, remote.algorithm) == remote.digest else "mismatch"
+            ok = digest_matches(file_digest(path, remote.algorithm), remote.digest)
+            result[remote.path] = "ok" if ok else "mismatch"
         else:
             result[remote.path] = "partial" if _part_path(path).is_file() else "missing"
     return result

@@ -242,7 +242,6 @@ class AxialAttention(keras.layers.Layer):
         qk, v = ops.split(qkv, [2 * h * dk], axis=-1)
         q, k = (ops.reshape(t, (-1, length, h, dk)) for t in ops.split(qk, 2, axis=-1))
         v = ops.reshape(v, (-1, length, h, dv))
-        n_rows = ops.shape(q)[0]
 
         qk_t = w_q = w_k = None
         if pos:
@@ -260,29 +259,19 @@ class AxialAttention(keras.layers.Layer):
             ones = ops.ones_like(q[..., :1])
             q_qk = ops.concatenate([q_qk, ones], axis=-1)
             k_qk = ops.concatenate([k_qk, ones * ops.cast(offset, q.dtype)[:, None]], axis=-1)
-        logits = ops.einsum("nohd,nphd->nhop", q_qk, k_qk)  # [N, h, L, L]
         if pos:
-            # q_o·r^q_{p−o}: for each query o one GEMM of its N·h query vectors against the L rows W_q[o, :]; the
-            # result is [o, N·h, p]. No relative→absolute skew (pads, slices) over L² tensors, one transpose.
-            # k_p·r^k_{p−o}: for each memory position p one GEMM against W_k[p, :], giving [p, N·h, o].
             qk_scale = ops.reshape(ops.tile(scale[1:, :, None], (1, 1, dk)), (2 * h * dk,))  # s_qr on q, s_kr on k
             q_t, k_t = (ops.reshape(t, (length, -1, dk)) for t in ops.split(qk_t * qk_scale, 2, axis=-1))
-            qr = ops.matmul(q_t, ops.transpose(w_q, (0, 2, 1)))  # [o, N·h, p]
-            qr = ops.transpose(ops.reshape(qr, (length, n_rows, h, length)), (1, 2, 0, 3))
-            kr = ops.matmul(k_t, ops.transpose(w_k, (0, 2, 1)))  # [p, N·h, o]
-            kr = ops.transpose(ops.reshape(kr, (length, n_rows, h, length)), (1, 2, 3, 0))
-            logits = logits + qr + kr
-
-        attn = ops.softmax(logits, axis=-1)  # over memory positions p
-        out = ops.einsum("nhop,nphd->nohd", attn, v)  # [N, L, h, dv]
-        out = ops.reshape(out, (-1, length, h * dv))
-        if pos:
-            # Σ_p a_op r^v_{p−o}: for each query o one GEMM of its N·h attention rows against the L rows W_v[o, :].
             w_v = self._relative_windows(self.rel_v, length)  # [L (o), L (p), dv]
-            a_t = ops.reshape(ops.transpose(attn, (2, 0, 1, 3)), (length, -1, length))  # [o, N·h, p]
-            out_r = ops.matmul(a_t, w_v)  # [o, N·h, dv]
-            out_r = ops.reshape(ops.transpose(ops.reshape(out_r, (length, n_rows, h, dv)), (1, 0, 2, 3)),
-                                (-1, length, h * dv))
+        # Everything with an L×L factor happens in the *_maps methods, from small operands only. (Recomputing them in
+        # the backward pass with keras.remat was measured and not kept: no lower peak memory on TF, torch or JAX CPU,
+        # 12-46 % slower steps; benchmarks/README.md.)
+        if pos:
+            out, out_r = self._position_maps(
+                q_qk, k_qk, v, q_t, k_t, ops.cast(w_q, q.dtype), ops.cast(w_k, q.dtype), ops.cast(w_v, v.dtype))
+        else:
+            out = self._content_maps(q_qk, k_qk, v)
+        if pos:
             if self.use_normalization:
                 both = self.output_norm(ops.concatenate([out, out_r], axis=-1), training=training)
                 out_a, out_b = ops.split(both, 2, axis=-1)
@@ -296,6 +285,37 @@ class AxialAttention(keras.layers.Layer):
         if self.axis == "height":
             out = ops.transpose(out, (0, 2, 1, 3))
         return out
+
+    def _content_maps(self, q_qk: Any, k_qk: Any, v: Any) -> Any:
+        """Scaled dot-product attention along the axis: ``softmax_p(q_o·k_p) v_p`` → ``[N, L, h·dv]``."""
+        logits = ops.einsum("nohd,nphd->nhop", q_qk, k_qk)  # [N, h, L, L]
+        attn = ops.softmax(logits, axis=-1)  # over memory positions p
+        out = ops.einsum("nhop,nphd->nohd", attn, v)  # [N, L, h, dv]
+        return ops.reshape(out, (-1, ops.shape(v)[1], self.num_heads * self.value_dim))
+
+    def _position_maps(self, q_qk: Any, k_qk: Any, v: Any, q_t: Any, k_t: Any, w_q: Any, w_k: Any,
+                       w_v: Any) -> tuple[Any, Any]:
+        """Eq. (4) from the scaled operands: the content and the relative retrieval, each ``[N, L, h·dv]``.
+
+        ``q_o·r^q_{p−o}``: for each query o one GEMM of its N·h query vectors against the L rows W_q[o, :]; the result
+        is [o, N·h, p]. No relative→absolute skew (pads, slices) over L² tensors, one transpose.
+        ``k_p·r^k_{p−o}``: for each memory position p one GEMM against W_k[p, :], giving [p, N·h, o].
+        ``Σ_p a_op r^v_{p−o}``: for each query o one GEMM of its N·h attention rows against the L rows W_v[o, :].
+        """
+        h, dv = self.num_heads, self.value_dim
+        length, n_rows = ops.shape(v)[1], ops.shape(v)[0]
+        logits = ops.einsum("nohd,nphd->nhop", q_qk, k_qk)  # [N, h, L, L]
+        qr = ops.matmul(q_t, ops.transpose(w_q, (0, 2, 1)))  # [o, N·h, p]
+        qr = ops.transpose(ops.reshape(qr, (length, n_rows, h, length)), (1, 2, 0, 3))
+        kr = ops.matmul(k_t, ops.transpose(w_k, (0, 2, 1)))  # [p, N·h, o]
+        kr = ops.transpose(ops.reshape(kr, (length, n_rows, h, length)), (1, 2, 3, 0))
+        attn = ops.softmax(logits + qr + kr, axis=-1)  # over memory positions p
+        out = ops.reshape(ops.einsum("nhop,nphd->nohd", attn, v), (-1, length, h * dv))  # [N, L, h·dv]
+        a_t = ops.reshape(ops.transpose(attn, (2, 0, 1, 3)), (length, -1, length))  # [o, N·h, p]
+        out_r = ops.matmul(a_t, w_v)  # [o, N·h, dv]
+        out_r = ops.reshape(ops.transpose(ops.reshape(out_r, (length, n_rows, h, dv)), (1, 0, 2, 3)),
+                            (-1, length, h * dv))
+        return out, out_r
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return tuple(input_shape[:-1]) + (self.output_dim,)

@@ -10,8 +10,9 @@ Two kinds of encoder:
 * **Native** ``resnet18`` / ``resnet34``: torchvision's ResNet with basic blocks (He et al., "Deep Residual Learning
   for Image Recognition", CVPR 2016; SMP's ``encoders/resnet.py`` wraps exactly this), written with PyTorch-style
   symmetric padding and PyTorch BatchNorm defaults (:mod:`axial_kd_tf.models.blocks`). Layer names mirror
-  torchvision's state-dict keys (``layer3.2.conv1`` → ``encoder_layer3_block2_conv1``) so weights can be ported.
-  Keras has no ImageNet weights for them.
+  torchvision's state-dict keys (``layer3.2.conv1`` → ``encoder_layer3_block2_conv1``), so ``weights="imagenet"``
+  loads torchvision's own ImageNet checkpoints, as SMP does, and ``weights="<file>.pth"`` a local one
+  (:mod:`axial_kd_tf.models.torchvision_weights`; torch is not needed).
 * **keras.applications** families (``resnet50/101/152``, ``efficientnetb0``–``b7``, ``mobilenetv2``,
   ``convnext_tiny/small/base``, ``vgg16``), built with ``include_top=False`` and replayed layer by layer onto the
   caller's tensor, so the network stays one flat functional graph. Every layer is renamed ``encoder_<keras name>``
@@ -29,14 +30,15 @@ momentum (0.1, Keras 0.9) like the native ones; their epsilons stay as trained.
 Input range. Preprocessing baked into keras.applications models is *removed* (EfficientNet's ``Rescaling`` /
 ``Normalization`` layers; ConvNeXt is built with ``include_preprocessing=False``), so every encoder consumes the
 network input as it comes, like SMP's encoders. With ``weights="imagenet"`` feed what the weights were trained on
-(:data:`IMAGENET_INPUT`): torchvision-style ``(x/255 − mean)/std`` RGB for EfficientNet and ConvNeXt, Caffe-style
-BGR minus the ImageNet mean (0–255) for the Keras ResNets and VGG16, ``x/127.5 − 1`` for MobileNetV2.
+(:data:`IMAGENET_INPUT`): torchvision-style ``(x/255 − mean)/std`` RGB for resnet18/34, EfficientNet and ConvNeXt,
+Caffe-style BGR minus the ImageNet mean (0–255) for the Keras ResNets and VGG16, ``x/127.5 − 1`` for MobileNetV2.
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -46,7 +48,9 @@ import keras
 import numpy as np
 
 from axial_kd_tf.errors import UserError
+from axial_kd_tf.models import torchvision_weights as tv
 from axial_kd_tf.models.blocks import BN_MOMENTUM, batch_norm, conv2d
+from axial_kd_tf.models.torchvision_weights import NATIVE_RESNETS, adapt_first_conv_kernel
 
 PREFIX = "encoder_"  # every encoder layer's name starts with it
 
@@ -69,25 +73,36 @@ class Features:
 # Native torchvision ResNets (basic blocks)
 # --------------------------------------------------------------------------------------------------------------
 
-NATIVE_RESNETS: dict[str, tuple[int, ...]] = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 
 
-def _basic_block(x: Any, filters: int, stride: int, dilation: int, downsample: bool, name: str) -> Any:
+Layers = dict[str, keras.layers.Layer]  # name → layer, the conv/BN layers of a native resnet (to load weights into)
+
+
+def _keep(t: Any, layers: Layers) -> Any:
+    """Record the layer that produced the KerasTensor ``t`` (``blocks.conv2d`` returns only its output)."""
+    layer = t._keras_history.operation
+    layers[layer.name] = layer
+    return t
+
+
+def _basic_block(x: Any, filters: int, stride: int, dilation: int, downsample: bool, name: str,
+                 layers: Layers) -> Any:
     """torchvision ``BasicBlock``: conv3×3(stride)-BN-ReLU-conv3×3-BN, + shortcut, ReLU after the add."""
-    y = conv2d(x, filters, 3, f"{name}_conv1", strides=stride, dilation_rate=dilation, use_bias=False)
-    y = batch_norm(f"{name}_bn1")(y)
+    y = _keep(conv2d(x, filters, 3, f"{name}_conv1", strides=stride, dilation_rate=dilation, use_bias=False), layers)
+    y = _keep(batch_norm(f"{name}_bn1")(y), layers)
     y = keras.layers.ReLU(name=f"{name}_relu1")(y)
-    y = conv2d(y, filters, 3, f"{name}_conv2", dilation_rate=dilation, use_bias=False)
-    y = batch_norm(f"{name}_bn2")(y)
+    y = _keep(conv2d(y, filters, 3, f"{name}_conv2", dilation_rate=dilation, use_bias=False), layers)
+    y = _keep(batch_norm(f"{name}_bn2")(y), layers)
     if downsample:  # torchvision: 1×1 conv (no bias) + BN when the stride or the width changes
-        x = conv2d(x, filters, 1, f"{name}_downsample_conv", strides=stride, use_bias=False)
-        x = batch_norm(f"{name}_downsample_bn")(x)
+        x = _keep(conv2d(x, filters, 1, f"{name}_downsample_conv", strides=stride, use_bias=False), layers)
+        x = _keep(batch_norm(f"{name}_downsample_bn")(x), layers)
     y = keras.layers.Add(name=f"{name}_add")([y, x])
     return keras.layers.ReLU(name=f"{name}_relu2")(y)
 
 
-def _native_resnet(name: str, inputs: Any, depth: int, rates: dict[int, int]) -> list:
-    """Maps 1..depth of torchvision's resnet18/34; ``rates`` maps a stage (4 or 5) to its dilation.
+def _native_resnet(name: str, inputs: Any, depth: int, rates: dict[int, int], layers: Layers) -> list:
+    """Maps 1..depth of torchvision's resnet18/34; ``rates`` maps a stage (4 or 5) to its dilation; the conv and BN
+    layers are recorded in ``layers`` by name.
 
     Dilation follows SMP's ``make_dilated`` (``replace_strides_with_dilation``), which differs from torchvision's
     ``replace_stride_with_dilation``: *every* conv of a dilated stage gets stride 1 and the stage's dilation,
@@ -95,8 +110,8 @@ def _native_resnet(name: str, inputs: Any, depth: int, rates: dict[int, int]) ->
     dilation is a no-op). Parameter counts do not change.
     """
     p = PREFIX
-    x = conv2d(inputs, 64, 7, f"{p}conv1", strides=2, padding=3, use_bias=False)
-    x = batch_norm(f"{p}bn1")(x)
+    x = _keep(conv2d(inputs, 64, 7, f"{p}conv1", strides=2, padding=3, use_bias=False), layers)
+    x = _keep(batch_norm(f"{p}bn1")(x), layers)
     x = keras.layers.ReLU(name=f"{p}relu")(x)
     maps = [x]
     if depth >= 2:
@@ -114,7 +129,8 @@ def _native_resnet(name: str, inputs: Any, depth: int, rates: dict[int, int]) ->
         for b in range(blocks_n):
             s = stride if b == 0 else 1
             downsample = s != 1 or in_ch != filters  # decided on the undilated layout, as torchvision builds it
-            x = _basic_block(x, filters, 1 if rate > 1 else s, rate, downsample, f"{p}layer{layer}_block{b}")
+            x = _basic_block(x, filters, 1 if rate > 1 else s, rate, downsample, f"{p}layer{layer}_block{b}",
+                             layers)
             in_ch = filters
         maps.append(x)
     return maps
@@ -215,6 +231,8 @@ APP_TAPS: dict[str, tuple] = {name: spec.taps for name, spec in _APPS.items()}
 
 #: Input the ImageNet weights expect (preprocessing is not part of the encoders).
 IMAGENET_INPUT: dict[str, str] = {
+    **{n: "torch: RGB (x/255 - mean)/std with the ImageNet mean/std (torchvision's ResNet weights)"
+       for n in NATIVE_RESNETS},
     **{n: "caffe: BGR, 0-255, minus the ImageNet mean (keras.applications.resnet.preprocess_input)"
        for n in _RESNET_TAPS},
     "vgg16": "caffe: BGR, 0-255, minus the ImageNet mean (keras.applications.vgg16.preprocess_input)",
@@ -338,19 +356,6 @@ def _uninitialized_variables() -> Any:
         global_state.set_global_attribute(key, pending)
 
 
-def adapt_first_conv_kernel(kernel: np.ndarray, in_channels: int) -> np.ndarray:
-    """SMP's ``patch_first_conv`` for a Keras ``(kh, kw, 3, out)`` kernel.
-
-    ``in_channels == 1``: the sum over the RGB kernels; otherwise the RGB kernels repeated cyclically up to
-    ``in_channels`` and scaled by ``3 / in_channels`` (so a grey image repeated on all channels keeps the response).
-    """
-    rgb = kernel.shape[2]
-    if in_channels == 1:
-        return kernel.sum(axis=2, keepdims=True)
-    idx = np.arange(in_channels) % rgb
-    return kernel[:, :, idx, :] * (rgb / in_channels)
-
-
 def _copy_weights(pairs: list, name: str) -> None:
     adapted = 0
     for old, new in pairs:
@@ -371,7 +376,14 @@ def _copy_weights(pairs: list, name: str) -> None:
 # Public API
 # --------------------------------------------------------------------------------------------------------------
 
-IMAGENET_ENCODERS: tuple[str, ...] = tuple(_APPS)
+IMAGENET_ENCODERS: tuple[str, ...] = (*NATIVE_RESNETS, *_APPS)  # torchvision's weights for the native ones, else Keras'
+
+
+def _is_path(weights: Any) -> bool:
+    """``encoder_weights`` names a file rather than a misspelt keyword: a path separator, ``~``, ``.pth``/``.pt``."""
+    text = str(weights)
+    return ("/" in text or os.sep in text or text.startswith("~") or text.endswith((".pth", ".pt"))
+            or os.path.isfile(text))
 
 
 def _natural(names: Any) -> list[str]:
@@ -395,14 +407,17 @@ def build_encoder(name: str, inputs: Any, weights: Optional[str] = None, depth: 
     Args:
         name: one of :func:`available_encoders`.
         inputs: the tensor the encoder starts from (the network's input or, e.g., an input-size check's output).
-        weights: ``None`` or ``"imagenet"`` (keras.applications encoders only; the first conv is adapted to
-            ``C != 3`` as SMP does, see :func:`adapt_first_conv_kernel`).
+        weights: ``None``, ``"imagenet"`` (torchvision's checkpoints for ``resnet18``/``resnet34``, fetched into
+            the cache on first use; Keras' weights for the keras.applications encoders) or, for ``resnet18``/
+            ``resnet34``, the path of a torchvision-layout ``.pth`` state dict. The first conv is adapted to
+            ``C != 3`` as SMP does (:func:`adapt_first_conv_kernel`).
         depth: number of stages, 1–5; only those are built (``len(maps) == depth + 1``).
         output_stride: 32, or 16 / 8 to replace the stride of the last one / two stages by dilation 2 / (2, 4)
             (SMP ``make_dilated``); see :func:`dilatable_encoders`.
 
     Raises:
-        UserError: unknown encoder, weights, depth or output stride, ImageNet weights for a native resnet,
+        UserError: unknown encoder, weights, depth or output stride; a checkpoint file for a keras.applications
+            encoder; a checkpoint that is missing, damaged or another network's; weights that cannot be downloaded;
             dilation for an encoder that does not support it.
     """
     key = str(name).strip().lower()
@@ -413,13 +428,17 @@ def build_encoder(name: str, inputs: Any, weights: Optional[str] = None, depth: 
         raise UserError(f"unknown encoder '{name}'{hint} (available: {', '.join(names)})")
     if isinstance(weights, str) and weights.strip().lower() in ("", "none", "null"):
         weights = None
+    if isinstance(weights, str) and weights.strip().lower() == "imagenet":
+        weights = "imagenet"
     if weights not in (None, "imagenet"):
-        raise UserError(f"encoder_weights '{weights}' is not supported for encoder '{key}'; use null (random "
-                        f"init) or 'imagenet'")
-    if weights == "imagenet" and key in NATIVE_RESNETS:
-        raise UserError(f"encoder_weights 'imagenet' is not available for the native '{key}': Keras ships no "
-                        f"ImageNet weights for torchvision's resnet18/34; set encoder_weights: null or pick an "
-                        f"encoder with Keras ImageNet weights: {', '.join(IMAGENET_ENCODERS)}")
+        if not _is_path(weights):
+            raise UserError(f"encoder_weights '{weights}' is not supported for encoder '{key}'; use null (random "
+                            f"init), 'imagenet' or the path of a torchvision .pth checkpoint "
+                            f"({', '.join(NATIVE_RESNETS)} only)")
+        if key not in NATIVE_RESNETS:
+            raise UserError(f"encoder_weights '{weights}' is a checkpoint file, which is read for the "
+                            f"torchvision-layout encoders only ({', '.join(NATIVE_RESNETS)}); for '{key}' use "
+                            f"imagenet (Keras' weights) or null")
     if not isinstance(depth, (int, np.integer)) or not 1 <= depth <= 5:
         raise UserError(f"encoder_depth must be an integer from 1 to 5, got {depth!r}")
     if output_stride not in (8, 16, 32):
@@ -437,7 +456,17 @@ def build_encoder(name: str, inputs: Any, weights: Optional[str] = None, depth: 
     rates = {s: r for s, r in rates.items() if s <= depth}
 
     if key in NATIVE_RESNETS:
-        maps = _native_resnet(key, inputs, depth, rates)
+        state, path = None, None
+        if weights is not None:  # fetch, read and check the checkpoint before building: a bad file fails fast
+            from axial_kd_tf.models.torch_checkpoint import read_torch_state_dict
+
+            path = tv.checkpoint_path(key, weights)
+            state = read_torch_state_dict(path)
+            tv.check_torchvision_resnet(state, key, source=f"'{path}'")
+        layers: Layers = {}
+        maps = _native_resnet(key, inputs, depth, rates, layers)
+        if state is not None:
+            tv.load_torchvision_resnet(layers, state, key, source=f"'{path}'")
     else:
         maps = _app_encoder(key, inputs, weights, depth, rates)
     maps = [inputs, *maps]

@@ -1,0 +1,10 @@
+"""``python -m axial_kd_tf.study`` (the entry point only; see :mod:`axial_kd_tf.study.cli`)."""
+
+import contextlib
+import sys
+
+from axial_kd_tf.study.cli import main
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())
