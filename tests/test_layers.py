@@ -51,7 +51,7 @@ CASES = {
                                                           max_span=7, use_positional_encoding=False,
                                                           use_normalization=False, pool_size=2),
                                    _x(1, 8, 10, 5), (1, 8, 10, 5), 4 + 2 * 2 + 1),
-    "head_direct_two_blocks": LayerCase(AxialTeacherHead, dict(num_classes=5, hidden_dim=8, num_heads=2,
+    "head_direct_two_blocks": LayerCase(AxialTeacherHead, dict(num_classes=5, hidden_dim=8, num_heads=2, max_span=8,
                                                                residual=False, num_blocks=2),
                                         _x(1, 8, 10, 5), (1, 8, 10, 5), 4 + 2 * 2 * 10, 2 * 2 * 6),
     "head_fixed_gate": LayerCase(AxialTeacherHead, dict(num_classes=5, hidden_dim=8, gate_init=0.5,
