@@ -65,7 +65,7 @@ from axial_kd_tf.errors import UserError  # noqa: E402
 from axial_kd_tf.io_utils import atomic_write_json  # noqa: E402
 from axial_kd_tf.layers import AxialTeacherHead  # noqa: E402
 from axial_kd_tf.losses import self_distillation_loss  # noqa: E402
-from axial_kd_tf.models import TINY_OPTIONS, ZOO, build_network  # noqa: E402
+from axial_kd_tf.models import ZOO, build_network  # noqa: E402
 from benchmarks._common import (  # noqa: E402
     WorkerFailed,
     add_out_arg,
@@ -162,8 +162,13 @@ def batch_for(size: int, args: argparse.Namespace) -> int:
 
 
 def model_options(arch: str, args: argparse.Namespace) -> dict:
-    """``--options`` over, in ``--small`` mode, the architecture's tiny variant (``TINY_OPTIONS``)."""
-    return {**(TINY_OPTIONS[arch] if args.small else {}), **json.loads(args.options)}
+    """``--options`` over, in ``--small`` mode, the architecture's tiny variant (``TINY_OPTIONS`` of the tests'
+    ``tests/helpers.py``, which has the one table of the zoo's test settings)."""
+    if not args.small:
+        return json.loads(args.options)
+    from tests.helpers import TINY_OPTIONS  # the repository root is on sys.path (see the top of this file)
+
+    return {**TINY_OPTIONS[arch], **json.loads(args.options)}
 
 
 # ---------------------------------------------------------------------------------------------------------- model
@@ -648,7 +653,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--num-heads", type=int, default=1, help="teacher.num_heads (default: %(default)s)")
     p.add_argument("--tf-xla", action="store_true", help="KERAS_BACKEND=tensorflow: compile the step with XLA")
     p.add_argument("--small", action="store_true",
-                   help="smoke test: the architectures' tiny variants (resnet18, TINY_OPTIONS), 64², batch 2, "
+                   help="smoke test: the architectures' tiny variants (resnet18, tests/helpers.py TINY_OPTIONS), 64², batch 2, "
                         "1 warm-up + 2 timed steps (each can still be set)")
     p.add_argument("--isolation", choices=("process", "none"), default="process",
                    help="'process' (default): each cell in a fresh worker process; 'none': all in this one")

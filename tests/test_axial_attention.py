@@ -1,7 +1,7 @@
 """Tests of ``axial_kd_tf.layers.axial_attention.AxialAttention``.
 
-The numerical reference below is written from Axial-DeepLab (ECCV 2020) Eq. (4) with explicit loops over
-(batch, other axis, head, o, p), independently of the layer's einsum/gather implementation::
+The numerical reference (``helpers.reference_axial``) is written from Axial-DeepLab (ECCV 2020) Eq. (4) with explicit
+loops over (batch, other axis, head, o, p), independently of the layer's einsum/gather implementation::
 
     y_o = Σ_p softmax_p(q_o·k_p + q_o·r^q_{p−o} + k_p·r^k_{p−o}) (v_p + r^v_{p−o})
 
@@ -20,8 +20,8 @@ import pytest
 import tensorflow as tf
 
 from axial_kd_tf.layers.axial_attention import AxialAttention
+from helpers import randomize_axial_weights as randomize_weights, reference_axial, weight_key as _weight_key
 
-BN_EPS = 1e-3  # Keras BatchNormalization default
 ATOL = 1e-4
 RTOL = 1e-5
 
@@ -32,122 +32,6 @@ def _seed():
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
-def _weight_key(variable) -> str:
-    """``qkv_kernel``, ``rel_q``, ``qkv_norm/gamma``, ... independent of the layer's (unique) name."""
-    parts = variable.path.split("/")
-    if len(parts) >= 2 and parts[-2].endswith("_norm"):
-        return f"{parts[-2]}/{parts[-1]}"
-    return parts[-1]
-
-
-def randomize_weights(layer: keras.layers.Layer, seed: int) -> dict[str, np.ndarray]:
-    """Set every weight (kernel, bias, relative tables, BN gamma/beta/moving stats) to a random array.
-
-    Returns the arrays (float64) keyed by :func:`_weight_key`.
-    """
-    rng = np.random.default_rng(seed)
-    params: dict[str, np.ndarray] = {}
-    values = []
-    for var in layer.weights:
-        key = _weight_key(var)
-        shape = tuple(var.shape)
-        leaf = key.split("/")[-1]
-        if leaf == "moving_variance":
-            arr = rng.uniform(0.4, 2.5, shape)
-        elif leaf == "moving_mean":
-            arr = rng.normal(0.0, 0.5, shape)
-        elif leaf == "gamma":
-            arr = rng.uniform(0.5, 1.5, shape) * rng.choice([-1.0, 1.0], shape)
-        elif leaf == "beta":
-            arr = rng.normal(0.0, 0.4, shape)
-        elif leaf.startswith("rel_"):
-            arr = rng.normal(0.0, 0.7, shape)
-        elif leaf == "qkv_kernel":
-            arr = rng.normal(0.0, 0.45, shape)
-        elif leaf == "qkv_bias":
-            arr = rng.normal(0.0, 0.4, shape)
-        else:  # pragma: no cover - a new weight the tests do not know about
-            raise AssertionError(f"unexpected weight {var.path}")
-        assert key not in params, f"duplicate weight key {key}"
-        params[key] = arr
-        values.append(arr.astype(np.float32))
-    layer.set_weights(values)
-    for key in ("rel_q", "rel_k", "rel_v"):
-        if key in params and len(params[key]) > 1:  # the tables must not be symmetric in p − o, or a sign flip would go unnoticed
-            assert not np.allclose(params[key], params[key][::-1], atol=1e-2)
-    return {k: v.astype(np.float32).astype(np.float64) for k, v in params.items()}
-
-
-def _bn(x, params, name, channels):
-    """Inference-mode BatchNorm of ``x`` whose entries are the channels ``channels`` of norm ``name``."""
-    g = params[f"{name}/gamma"][channels]
-    b = params[f"{name}/beta"][channels]
-    m = params[f"{name}/moving_mean"][channels]
-    v = params[f"{name}/moving_variance"][channels]
-    return (x - m) / np.sqrt(v + BN_EPS) * g + b
-
-
-def reference_axial(x, params, *, axis, num_heads, key_dim, value_dim, max_span, pos, norm, mutation=None):
-    """Loop implementation of one Axial-DeepLab pass. ``mutation`` injects a known bug (sensitivity checks)."""
-    x = np.asarray(x, np.float64)
-    seqs = x.transpose(0, 2, 1, 3) if axis == "height" else x  # [B, other, L, C]
-    n_b, n_other, length, _ = seqs.shape
-    h, dk, dv = num_heads, key_dim, value_dim
-    span = max_span - 2 if mutation == "clip_off_by_one" else max_span - 1
-
-    def row(o, p):
-        d = (o - p) if mutation == "flip_rel" else (p - o)
-        return int(min(max(d, -span), span)) + max_span - 1
-
-    def sim_channel(term, head):
-        return head * 3 + term if mutation == "head_major_sim" else term * h + head
-
-    out = np.zeros((n_b, n_other, length, h * dv))
-    for b in range(n_b):
-        for j in range(n_other):
-            qkv = seqs[b, j] @ params["qkv_kernel"]  # [L, h(2dk+dv)]
-            if norm:
-                qkv = _bn(qkv, params, "qkv_norm", slice(None))
-            else:
-                qkv = qkv + params["qkv_bias"]
-            q = qkv[:, : h * dk].reshape(length, h, dk)
-            k = qkv[:, h * dk : 2 * h * dk].reshape(length, h, dk)
-            v = qkv[:, 2 * h * dk :].reshape(length, h, dv)
-            for head in range(h):
-                logits = np.zeros((length, length))
-                for o in range(length):
-                    for p in range(length):
-                        terms = [float(np.dot(q[o, head], k[p, head]))]
-                        if pos:
-                            r = row(o, p)
-                            terms.append(float(np.dot(q[o, head], params["rel_q"][r])))
-                            terms.append(float(np.dot(k[p, head], params["rel_k"][r])))
-                        if norm:
-                            terms = [_bn(t, params, "similarity_norm", sim_channel(i, head))
-                                     for i, t in enumerate(terms)]
-                            logits[o, p] = sum(terms)
-                        else:
-                            logits[o, p] = sum(terms) / math.sqrt(dk)
-                for o in range(length):
-                    w = np.exp(logits[o] - logits[o].max())
-                    w /= w.sum()
-                    y_v = sum(w[p] * v[p, head] for p in range(length))
-                    ch_v = np.arange(head * dv, (head + 1) * dv)
-                    if pos:
-                        y_r = sum(w[p] * params["rel_v"][row(o, p)] for p in range(length))
-                        ch_r = h * dv + ch_v
-                        if mutation == "swap_out_terms":
-                            ch_v, ch_r = ch_r, ch_v
-                        if norm:
-                            y = _bn(y_v, params, "output_norm", ch_v) + _bn(y_r, params, "output_norm", ch_r)
-                        else:
-                            y = y_v + y_r
-                    else:
-                        y = _bn(y_v, params, "output_norm", ch_v) if norm else y_v
-                    out[b, j, o, head * dv : (head + 1) * dv] = y
-    return out.transpose(0, 2, 1, 3) if axis == "height" else out
-
-
 def _make(axis="height", num_heads=1, key_dim=3, value_dim=5, max_span=16, pos=True, norm=True, **kw):
     return AxialAttention(axis=axis, num_heads=num_heads, key_dim=key_dim, value_dim=value_dim,
                           max_span=max_span, use_positional_encoding=pos, use_normalization=norm, **kw)
@@ -289,42 +173,7 @@ def test_plain_scaled_dot_product_attention(axis, num_heads):
 
 
 # --------------------------------------------------------------------------------------- 4. serialisation
-def test_config_round_trip():
-    layer = _make(axis="width", num_heads=2, key_dim=3, value_dim=5, max_span=7, pos=True, norm=False,
-                  kernel_initializer="he_normal", name="aa")
-    x = _input((2, 4, 6, 3), seed=4)
-    layer(tf.constant(x))
-    randomize_weights(layer, seed=17)
-    config = layer.get_config()
-    for key, value in dict(axis="width", num_heads=2, key_dim=3, value_dim=5, max_span=7,
-                           use_positional_encoding=True, use_normalization=False, name="aa").items():
-        assert config[key] == value
-    clone = AxialAttention.from_config(config)
-    assert clone.get_config() == config
-    clone(tf.constant(x))
-    clone.set_weights(layer.get_weights())
-    np.testing.assert_array_equal(_run(clone, x), _run(layer, x))
-    # generic Keras (de)serialisation finds the registered class
-    clone2 = keras.layers.deserialize(keras.layers.serialize(layer))
-    assert isinstance(clone2, AxialAttention) and clone2.get_config() == config
-
-
-def test_keras_save_load(tmp_path):
-    inp = keras.Input((7, 6, 3))
-    a = _make(axis="height", num_heads=2, key_dim=4, value_dim=3, max_span=4)
-    b = _make(axis="width", num_heads=1, key_dim=2, value_dim=5, max_span=3, norm=False)
-    model = keras.Model(inp, b(a(inp)))
-    randomize_weights(a, seed=21)
-    randomize_weights(b, seed=22)
-    path = tmp_path / "axial.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    assert [type(l).__name__ for l in loaded.layers[1:]] == ["AxialAttention", "AxialAttention"]
-    x = _input((2, 7, 6, 3), seed=6)
-    expected = model.predict(x, verbose=0)
-    np.testing.assert_array_equal(loaded.predict(x, verbose=0), expected)
-    for w0, w1 in zip(model.weights, loaded.weights):
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(w0), keras.ops.convert_to_numpy(w1))
+# get_config/from_config, Keras serialisation and .keras save/load: tests/test_layers.py (helpers.run_layer_test).
 
 
 # ------------------------------------------------------------------------------------------------- 5. TFLite

@@ -2,7 +2,7 @@
 
 Training through ``train.py`` stays on TensorFlow; ``axial_kd_tf.layers`` and ``axial_kd_tf.models`` are keras.ops
 only. This process uses TensorFlow, so the JAX side runs in one subprocess (``KERAS_BACKEND=jax``, this file run as
-a script). Both sides build the same networks (the tiny variants of ``zoo_tiny``: resnet18, depth 3–4, 32²/64²) and
+a script). Both sides build the same networks (the tiny variants of ``helpers.ZOO_SPECS``: resnet18, depth 3–4, 32²/64²) and
 the two layers, with the TensorFlow side's weights copied over, and compute on the same input:
 
 * the inference-mode output and the gradients of ``sum(output · r)`` for every trainable weight and the input
@@ -25,14 +25,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import keras
 import numpy as np
 import pytest
 
 from axial_kd_tf.models import ZOO
-from zoo_tiny import K, build_tiny, tiny_size
+from helpers import TINY_CLASSES as K, build_tiny, random_weights, tiny_size
 
 LAYERS = ("axial_attention", "teacher_head")
 REPO = Path(__file__).resolve().parent.parent
@@ -65,19 +65,6 @@ def subject_input(name: str) -> tuple[np.ndarray, np.ndarray]:
     x = rng.standard_normal((BATCH, size, size + (0 if name in ZOO else 2), channels)).astype("float32")
     r = rng.standard_normal(x.shape[:3] + (out,)).astype("float32")
     return x, r
-
-
-def _randomized_weights(model: keras.Model, seed: int) -> list[np.ndarray]:
-    """The layers' weights drawn at random (BN statistics included, variances positive), so nothing is trivial."""
-    rng = np.random.default_rng(seed)
-    values = []
-    for var in model.weights:
-        shape = tuple(var.shape)
-        if "variance" in var.path:
-            values.append(rng.uniform(0.5, 2.0, shape).astype("float32"))
-        else:
-            values.append((0.4 * rng.standard_normal(shape)).astype("float32"))
-    return values
 
 
 # ---------------------------------------------------------------------------------------------------- the JAX side
@@ -146,7 +133,7 @@ def backends(tmp_path_factory) -> dict[str, Any]:
         keras.utils.set_random_seed(seed)
         model = build_subject(name)
         if name in LAYERS:
-            model.set_weights(_randomized_weights(model, seed))
+            random_weights(model, seed)
         for i, value in enumerate(model.get_weights()):
             weights[f"{name}/{i}"] = value
         x, r = subject_input(name)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark_loader import load_benchmark  # tests/benchmark_loader.py
+from helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,32 +16,9 @@ from axial_kd_tf.config import DataConfig, config_from_dict
 from axial_kd_tf.data import covid, load_data
 from axial_kd_tf.data.io import class_frequencies
 from axial_kd_tf.errors import UserError
+from helpers import COVID_SHAPE, covid_volumes, save_nifti, write_covid_fixture
 
-X, Y, Z = 32, 32, 10
-
-
-def _save(path: Path, volume: np.ndarray) -> None:
-    nib.save(nib.Nifti1Image(volume, np.eye(4)), str(path))
-
-
-def _volumes() -> tuple[np.ndarray, np.ndarray]:
-    """HU-like image (slice i has a base value of 10·i, an L-shaped marker at the origin) and a float mask."""
-    image = np.full((X, Y, Z), -1000.0, np.float32)
-    image += 10.0 * np.arange(Z, dtype=np.float32)[None, None, :]
-    image[0:3, 0, :] = 500.0   # 3 voxels along NIfTI axis 0 ...
-    image[0, 0:6, :] = 500.0   # ... and 6 along axis 1: asymmetric, so a wrong transform is visible
-    mask = np.zeros((X, Y, Z), np.float64)
-    for i in range(Z):
-        mask[8:12, 20:28, i] = i % 4  # a 4×8 block (axis 0 × axis 1) of class i mod 4
-    return image, mask
-
-
-def _write(root: Path, image: np.ndarray | None = None, mask: np.ndarray | None = None) -> Path:
-    default_image, default_mask = _volumes()
-    root.mkdir(parents=True, exist_ok=True)
-    _save(root / covid.IMAGE_FILE, default_image if image is None else image)
-    _save(root / covid.MASK_FILE, default_mask if mask is None else mask)
-    return root
+X, Y, Z = COVID_SHAPE
 
 
 def _cfg(root: Path, **kw) -> DataConfig:
@@ -50,7 +27,7 @@ def _cfg(root: Path, **kw) -> DataConfig:
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _write(tmp_path_factory.mktemp("covid"))
+    return write_covid_fixture(tmp_path_factory.mktemp("covid"))
 
 
 def test_orientation_upright_like_the_lab_loader(root: Path) -> None:
@@ -114,7 +91,7 @@ def _one_line(exc: pytest.ExceptionInfo) -> str:
 
 
 def _bad_image(**changes) -> np.ndarray:
-    image = _volumes()[0]
+    image = covid_volumes()[0]
     for key, value in changes.items():
         image[key] = value
     return image
@@ -131,8 +108,8 @@ def _bad_image(**changes) -> np.ndarray:
     ("image_rank_2", "3-D volume"),
 ])
 def test_bad_files_raise_one_line_errors_naming_the_file(tmp_path: Path, case: str, fragment: str) -> None:
-    image, mask = _volumes()
-    root = _write(tmp_path / "d")
+    image, mask = covid_volumes()
+    root = write_covid_fixture(tmp_path / "d")
     if case == "missing_image":
         (root / covid.IMAGE_FILE).unlink()
     elif case == "truncated_mask":
@@ -141,18 +118,18 @@ def test_bad_files_raise_one_line_errors_naming_the_file(tmp_path: Path, case: s
     elif case == "not_gzip":
         (root / covid.IMAGE_FILE).write_bytes(b"this is not a NIfTI file")
     elif case == "shape_mismatch":
-        _save(root / covid.MASK_FILE, mask[:, :16])
+        save_nifti(root / covid.MASK_FILE, mask[:, :16])
     elif case == "mask_value_5":
         mask[0, 0, 0] = 5
-        _save(root / covid.MASK_FILE, mask)
+        save_nifti(root / covid.MASK_FILE, mask)
     elif case == "mask_fractional":
         mask[0, 0, 0] = 1.5
-        _save(root / covid.MASK_FILE, mask)
+        save_nifti(root / covid.MASK_FILE, mask)
     elif case == "image_nan":
         image[3, 3, 3] = np.nan
-        _save(root / covid.IMAGE_FILE, image)
+        save_nifti(root / covid.IMAGE_FILE, image)
     elif case == "image_rank_2":
-        _save(root / covid.IMAGE_FILE, image[:, :, 0])
+        save_nifti(root / covid.IMAGE_FILE, image[:, :, 0])
     with pytest.raises(UserError) as exc:
         covid.load(_cfg(root))
     message = _one_line(exc)

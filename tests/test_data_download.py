@@ -24,8 +24,6 @@ from axial_kd_tf.data.__main__ import main
 from axial_kd_tf.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
-SSTEM_COPY = Path("/work/shared/data/sstem-drosophila")
-
 FILES = {"a.bin": os.urandom(150_000), "sub/b.bin": os.urandom(40_000)}
 
 
@@ -257,18 +255,19 @@ def test_shipped_manifests() -> None:
         "x/y.png": "abcdef0123456789abcdef0123456789"}
 
 
-@pytest.mark.skipif(not (SSTEM_COPY / "SHA256SUMS").is_file(), reason="no local ssTEM copy to mirror")
-def test_cli_download_sstem_from_a_mirror_then_verify(tmp_path: Path, server, monkeypatch, capsys) -> None:
+def test_cli_download_sstem_from_a_mirror_then_verify(tmp_path: Path, server, monkeypatch, capsys,
+                                                      sstem_dir: Path) -> None:
+    """Mirrors the real copy (opt-in: ``AXIAL_KD_SSTEM_DIR``), downloads and verifies it against the checksums."""
     base, state = server
-    state.files.update({f"sstem/{p.relative_to(SSTEM_COPY)}": p.read_bytes()
-                        for p in SSTEM_COPY.rglob("*") if p.suffix in (".tif", ".png")})
+    state.files.update({f"sstem/{p.relative_to(sstem_dir)}": p.read_bytes()
+                        for p in sstem_dir.rglob("*") if p.suffix in (".tif", ".png")})
     monkeypatch.setenv(dl.MIRROR_ENV, base)
     monkeypatch.setenv("AXIAL_KD_DATA_DIR", str(tmp_path / "cache"))
     assert main(["download", "sstem"]) == 0  # into $AXIAL_KD_DATA_DIR/sstem
     out = capsys.readouterr().out
     assert "CC BY-NC-SA 3.0" in out and "Gerhard" in out and "40 downloaded" in out
     folder = tmp_path / "cache" / "sstem"
-    assert (folder / "raw" / "07.tif").read_bytes() == (SSTEM_COPY / "raw" / "07.tif").read_bytes()
+    assert (folder / "raw" / "07.tif").read_bytes() == (sstem_dir / "raw" / "07.tif").read_bytes()
     assert (folder / "labels" / "labels00000019.png").is_file()
     assert main(["verify", "sstem"]) == 0
     (folder / "raw" / "03.tif").write_bytes(b"tampered")

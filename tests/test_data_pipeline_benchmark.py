@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from axial_kd_tf.errors import UserError
-from benchmark_loader import load_benchmark  # tests/benchmark_loader.py
+from helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--config", str(ROOT / "configs" / "quickstart.yaml"),

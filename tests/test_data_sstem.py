@@ -3,7 +3,6 @@ upstream format (``raw/NN.tif`` + ``labels/labels000000NN.png``); plus an opt-in
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
@@ -13,25 +12,9 @@ import pytest
 from axial_kd_tf.config import config_from_dict
 from axial_kd_tf.data import load_data, sstem
 from axial_kd_tf.errors import UserError
+from helpers import SSTEM_FIXTURE_SIZE, write_sstem_fixture
 
-SIZE = 32
-RAW_VALUES = np.array(sorted(sstem.VALUE_MAP))
-
-
-def write_fixture(root: Path, size: int = SIZE) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """20 sections whose raw pixels encode the section index, with random labels over every source value."""
-    rng = np.random.default_rng(0)
-    (root / "raw").mkdir(parents=True)
-    (root / "labels").mkdir()
-    sections = {}
-    for i in range(sstem.NUM_IMAGES):
-        raw = rng.integers(0, 256, (size, size), dtype=np.uint8)
-        raw[0, 0] = i  # marker: which section a loaded array came from
-        labels = RAW_VALUES[rng.integers(0, len(RAW_VALUES), (size, size))].astype(np.uint8)
-        assert cv2.imwrite(str(root / sstem.raw_name(i)), raw)
-        assert cv2.imwrite(str(root / sstem.label_name(i)), labels)
-        sections[i] = (raw, labels)
-    return sections
+SIZE = SSTEM_FIXTURE_SIZE
 
 
 def load(root: Path, **data) -> object:
@@ -42,7 +25,7 @@ def load(root: Path, **data) -> object:
 @pytest.fixture(scope="module")
 def fixture_root(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("sstem")
-    return root, write_fixture(root)
+    return root, write_sstem_fixture(root)
 
 
 def test_fold_blocks_cover_every_image_once_per_fold_and_rotate_the_test_block():
@@ -147,13 +130,10 @@ def test_fixture_trains_through_the_pipeline(fixture_root):
     assert 0.0 <= float(np.min(x)) and float(np.max(x)) <= 1.0
 
 
-REAL = os.environ.get("AXIAL_KD_SSTEM_DIR")
-
-
-@pytest.mark.skipif(not REAL, reason="set AXIAL_KD_SSTEM_DIR to the real ssTEM copy to run")
-def test_real_sstem_protocol_and_class_shares():
-    """The real data: the protocol's split sizes and the class shares published in the data README."""
-    bundle = load(Path(REAL), fold=0, tile_size=256, crop_size=256)
+def test_real_sstem_protocol_and_class_shares(sstem_dir: Path):
+    """The real data (opt-in: ``AXIAL_KD_SSTEM_DIR``): the protocol's split sizes and the class shares published in
+    the data README."""
+    bundle = load(sstem_dir, fold=0, tile_size=256, crop_size=256)
     assert bundle.train_images.shape == (12, 1024, 1024, 1)
     for split in ("val", "test"):
         images, masks = bundle.split(split)

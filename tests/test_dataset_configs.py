@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from axial_kd_tf.cli import evaluate_main, train_main
-from test_data_covid import _write as write_covid
-from test_data_sstem import write_fixture as write_sstem
+from helpers import write_covid_fixture as write_covid, write_sstem_fixture as write_sstem
 
 TINY = ["train.epochs=1", "train.steps_per_epoch=1", "train.batch_size=2", "data.crop_size=32",
         "model.encoder=resnet18", "teacher.max_span=32", "export.enabled=false", "logging.tensorboard=false"]

@@ -32,6 +32,7 @@ from axial_kd_tf.models.encoders import (
     build_encoder,
     dilatable_encoders,
 )
+from helpers import RESNET34_DEPTH3_ENCODER, RESNET34_ENCODER
 
 HEAVY = {"resnet152", "efficientnetb5", "efficientnetb6", "efficientnetb7", "convnext_base"}
 
@@ -89,9 +90,9 @@ def _model(features: encoders.Features) -> keras.Model:
 # ---------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, depth, expected", [
-    ("resnet34", 5, 21_284_672),  # SMP / torchvision resnet34 without fc
+    ("resnet34", 5, RESNET34_ENCODER),  # SMP / torchvision resnet34 without fc
     ("resnet18", 5, 11_176_512),
-    ("resnet34", 3, 1_347_904),  # PSPNet's encoder_depth=3: stem + layer1 + layer2
+    ("resnet34", 3, RESNET34_DEPTH3_ENCODER),  # PSPNet's encoder_depth=3: stem + layer1 + layer2
 ])
 def test_native_resnet_parameter_pins(name, depth, expected):
     feats = build_encoder(name, keras.Input((None, None, 3)), depth=depth)
@@ -382,7 +383,7 @@ def test_weights_none_spellings():
                                            pytest.param(8, marks=pytest.mark.slow)])
 def test_native_resnet_matches_torch(output_stride):
     """The package's converter (:func:`tv.load_torchvision_resnet`) on a 2-channel torch resnet34, plain and dilated."""
-    torch = pytest.importorskip("torch")
+    import torch  # a test requirement (requirements-test.txt, the "test" extra): fails rather than skips
     net = torch_resnet(torch, encoders.NATIVE_RESNETS["resnet34"], 2)
     # SMP encoders/_utils.py replace_strides_with_dilation on stages 5 (and 4)
     for layer, rate in {32: {}, 16: {"layer4": 2}, 8: {"layer3": 2, "layer4": 4}}[output_stride].items():
@@ -411,7 +412,7 @@ def test_native_resnet_matches_torch(output_stride):
 def resnet18_pth(tmp_path_factory):
     """A random-weight torch resnet18 with a 10-class ``fc`` (ignored, as torchvision's 1000-class one is) and the
     ``torch.save(net.state_dict())`` file of it."""
-    torch = pytest.importorskip("torch")
+    import torch  # a test requirement (requirements-test.txt, the "test" extra): fails rather than skips
     net = torch_resnet(torch, encoders.NATIVE_RESNETS["resnet18"], 3, num_classes=10)
     path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
     torch.save(net.state_dict(), path)
@@ -424,7 +425,7 @@ def _rgb_conv1(net) -> np.ndarray:
 
 def test_read_torch_state_dict_matches_torch_save(tmp_path):
     """dtypes, 0-d tensors, views that share one storage at an offset or with strides (non-contiguous), empty ones."""
-    torch = pytest.importorskip("torch")
+    import torch  # a test requirement (requirements-test.txt, the "test" extra): fails rather than skips
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
     state = OrderedDict(
         contiguous=torch.randn(2, 3, 4), transposed=base.t(), row=base[2, 1:5], every_other=base[:, ::2],
@@ -480,7 +481,7 @@ def test_read_torch_state_dict_damaged_files_are_one_line_errors(tmp_path, resne
 
 def test_torchvision_checkpoint_file_matches_torch(resnet18_pth):
     """torch.save → torch-free reader → converter → native resnet18: the same features as the torch model."""
-    torch = pytest.importorskip("torch")
+    import torch  # a test requirement (requirements-test.txt, the "test" extra): fails rather than skips
     net, path = resnet18_pth
     model = _model(build_encoder("resnet18", keras.Input((None, None, 3)), weights=str(path)))
     x = np.random.default_rng(4).normal(size=(1, 3, 64, 64)).astype(np.float32)

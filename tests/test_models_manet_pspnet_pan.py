@@ -1,9 +1,9 @@
-"""MAnet, PSPNet and PAN: SMP 0.6.0 parameter pins, shapes, input-size errors, and NumPy references for the PSP
-adaptive pooling and the MAnet position attention block."""
+"""MAnet, PSPNet and PAN: decoder parameter pins (SMP 0.6.0, on stand-in encoder maps), size checks in graphs of
+unknown size, option errors, and NumPy references for the PSP adaptive pooling and the MAnet position attention block.
+The full networks' pins, shapes and size errors are in tests/test_zoo.py, the layers' generic checks in
+tests/test_layers.py."""
 
 from __future__ import annotations
-
-import importlib.util
 
 import keras
 import numpy as np
@@ -12,16 +12,9 @@ import tensorflow as tf
 
 from axial_kd_tf.errors import UserError
 from axial_kd_tf.models import blocks, manet, pan, pspnet
-from axial_kd_tf.models.registry import available_architectures
-
-HAVE_ENCODERS = importlib.util.find_spec("axial_kd_tf.models.encoders") is not None
-needs_encoders = pytest.mark.skipif(not HAVE_ENCODERS, reason="axial_kd_tf.models.encoders not available yet")
+from helpers import ZOO_SPECS, count_params as n_trainable
 
 RESNET34_CHANNELS = [3, 64, 64, 128, 256, 512]
-
-
-def n_trainable(model: keras.Model) -> int:
-    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
 
 
 def standin_features(depth: int, output_stride: int, size: int) -> list:
@@ -49,87 +42,20 @@ def _pan_decoder_model() -> keras.Model:
     return keras.Model(feats[2:], blocks.segmentation_head(x, 5, upsampling=4))
 
 
-@pytest.mark.parametrize(
-    "build, expected, out_size",
-    [
-        (_manet_decoder_model, 10_498_816 + 725, 64),    # SMP: decoder 10,498,816 + head 725
-        (_pspnet_decoder_model, 148_704 + 23_045, 64),   # SMP: decoder 148,704 + head 23,045
-        (_pan_decoder_model, 190_855 + 1_445, 128),      # SMP: decoder 190,855 + head 1,445
-    ],
-    ids=["manet", "pspnet", "pan"],
-)
-def test_decoder_and_head_parameter_counts_match_smp(build, expected, out_size):
+@pytest.mark.parametrize("build, arch, out_size", [
+    (_manet_decoder_model, "manet", 64),
+    (_pspnet_decoder_model, "pspnet", 64),
+    (_pan_decoder_model, "pan", 128),
+], ids=["manet", "pspnet", "pan"])
+def test_decoder_and_head_parameter_counts_match_smp(build, arch, out_size):
     model = build()
-    assert n_trainable(model) == expected
+    assert n_trainable(model) == ZOO_SPECS[arch].decoder + ZOO_SPECS[arch].head
     assert tuple(model.output.shape) == (None, out_size, out_size, 5)
 
 
-def test_architectures_register_themselves():
-    assert {"manet", "pspnet", "pan"} <= set(available_architectures())
-
-
-# --------------------------------------------------------------------------------------------- full networks
-@pytest.fixture(scope="module")
-def manet_model() -> keras.Model:
-    return manet.build_manet(5)
-
-
-@pytest.fixture(scope="module")
-def pspnet_model() -> keras.Model:
-    return pspnet.build_pspnet(5)
-
-
-@pytest.fixture(scope="module")
-def pan_model() -> keras.Model:
-    return pan.build_pan(5)
-
-
-MODELS = {
-    # fixture, SMP 0.6.0 trainable parameters (resnet34, 5 classes), name, two valid (H, W), (invalid size, message)
-    "manet": ("manet_model", 31_784_213, "manet_resnet34", [(64, 64), (96, 64)],
-              [((48, 64), "divisible by 32")]),
-    "pspnet": ("pspnet_model", 1_519_653, "pspnet_resnet34", [(64, 64), (72, 40)],
-               [((60, 64), "divisible by 8")]),
-    "pan": ("pan_model", 21_476_972, "pan_resnet34", [(128, 128), (144, 176)],
-            [((120, 128), "divisible by 16"), ((64, 128), "at least 128")]),
-}
-
-
-@needs_encoders
-@pytest.mark.parametrize("arch", list(MODELS))
-def test_full_parameter_count_matches_smp(arch, request):
-    fixture, expected, name, _, _ = MODELS[arch]
-    model = request.getfixturevalue(fixture)
-    assert model.name == name
-    assert n_trainable(model) == expected
-
-
-@needs_encoders
-@pytest.mark.parametrize("arch", list(MODELS))
-def test_output_shape_dtype_at_two_sizes(arch, request):
-    fixture, _, _, sizes, _ = MODELS[arch]
-    model = request.getfixturevalue(fixture)
-    assert tuple(model.input.shape) == (None, None, None, 3)
-    rng = np.random.default_rng(0)
-    for h, w in sizes:
-        out = model(rng.standard_normal((1, h, w, 3)).astype("float32"), training=False)
-        assert tuple(out.shape) == (1, h, w, 5)
-        assert out.dtype == tf.float32
-        assert np.isfinite(out.numpy()).all()
-
-
-@needs_encoders
-@pytest.mark.parametrize("arch", list(MODELS))
-def test_invalid_input_size_names_the_requirement(arch, request):
-    fixture, _, _, _, invalid = MODELS[arch]
-    model = request.getfixturevalue(fixture)
-    for (h, w), message in invalid:
-        with pytest.raises(ValueError, match=message):
-            model(np.zeros((1, h, w, 3), "float32"), training=False)
-
-
-@needs_encoders
-def test_unknown_size_is_checked_at_run_time(pspnet_model):
+# --------------------------------------------------------------------------------------------- size checks
+def test_unknown_size_is_checked_at_run_time(zoo_network):
+    pspnet_model = zoo_network("pspnet")
     fn = tf.function(lambda x: pspnet_model(x, training=False),
                      input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)])
     assert tuple(fn(tf.zeros((1, 40, 48, 3))).shape) == (1, 40, 48, 5)

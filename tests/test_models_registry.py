@@ -72,7 +72,7 @@ def test_missing_required_option_is_a_user_error(throwaway):
 def test_build_network_loads_torchvision_weights_from_a_local_file(tmp_path):
     """``encoder_weights: <path>`` reaches the encoder through the registry: the encoder gets the checkpoint (conv1
     adapted to one channel as SMP does), the decoder and head keep their own initialisation."""
-    torch = pytest.importorskip("torch")
+    import torch  # a test requirement (requirements-test.txt, the "test" extra): fails rather than skips
     from torch_resnet import torch_resnet
 
     net = torch_resnet(torch, (2, 2, 2, 2), 3, num_classes=10)

@@ -1,7 +1,5 @@
-"""Unet, UNet++, Linknet and FPN: parameter counts pinned to segmentation_models_pytorch 0.6.0, shapes, size checks.
-
-SMP reference (resnet34 encoder, 5 classes, 3 input channels; trainable parameters, BN running stats excluded):
-Unet 24,436,949; UnetPlusPlus 26,079,189; Linknet 21,772,069; FPN 23,155,909, of which the encoder is 21,284,672.
+"""Unet, UNet++, Linknet and FPN: decoder parameter pins (SMP 0.6.0, on stand-in encoder maps), decoder details,
+U-Net's any-size input. The full networks' pins, shapes and size errors are in the zoo tester (tests/test_zoo.py).
 """
 
 from __future__ import annotations
@@ -12,24 +10,17 @@ import pytest
 import keras
 
 from axial_kd_tf.models import blocks, fpn, linknet, unet, unetplusplus
-from axial_kd_tf.models.registry import available_architectures
+from helpers import ZOO_SPECS, count_params as n_trainable
 
 RESNET34_CHANNELS = [3, 64, 64, 128, 256, 512]
-RESNET34_PARAMS = 21_284_672
-SMP_TOTAL = {"unet": 24_436_949, "unetplusplus": 26_079_189, "linknet": 21_772_069, "fpn": 23_155_909}
-SMP_DECODER_AND_HEAD = {arch: total - RESNET34_PARAMS for arch, total in SMP_TOTAL.items()}
-BUILDERS = {"unet": unet.build_unet, "unetplusplus": unetplusplus.build_unetplusplus,
-            "linknet": linknet.build_linknet, "fpn": fpn.build_fpn}
+SMP_DECODER_AND_HEAD = {arch: ZOO_SPECS[arch].decoder + ZOO_SPECS[arch].head
+                        for arch in ("unet", "unetplusplus", "linknet", "fpn")}
 DECODERS = {  # decoder function, head kernel size, head upsampling
     "unet": (unet.unet_decoder, 3, 1),
     "unetplusplus": (unetplusplus.unetplusplus_decoder, 3, 1),
     "linknet": (linknet.linknet_decoder, 1, 1),
     "fpn": (fpn.fpn_decoder, 1, 4),
 }
-
-
-def n_trainable(model: keras.Model) -> int:
-    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
 
 
 def standin_features(h: int | None = 64, w: int | None = 64, channels=RESNET34_CHANNELS) -> list:
@@ -107,64 +98,10 @@ def test_linknet_transposed_conv_is_pytorch_convtranspose_k4_s2_p1():
     assert n_trainable(model) == 16 * cin * cout + cout
 
 
-def test_registered():
-    assert {"unet", "unetplusplus", "linknet", "fpn"} <= set(available_architectures())
+# --- full network (the shared resnet34 U-Net of the session) -------------------------------------------------------
 
-
-# --- full networks with the resnet34 encoder ----------------------------------------------------------------------
-
-_MODELS: dict = {}
-
-
-@pytest.fixture(scope="module")
-def built():
-    pytest.importorskip("axial_kd_tf.models.encoders", reason="encoder module not available yet")
-
-    def get(arch: str, **kwargs) -> keras.Model:
-        key = (arch, tuple(sorted(kwargs.items())))
-        if key not in _MODELS:
-            _MODELS[key] = BUILDERS[arch](num_classes=5, in_channels=kwargs.pop("in_channels", 3),
-                                          encoder="resnet34", **kwargs)
-        return _MODELS[key]
-
-    return get
-
-
-@pytest.mark.parametrize("arch", sorted(BUILDERS))
-def test_total_params_match_smp(built, arch):
-    model = built(arch)
-    assert model.name == f"{arch}_resnet34"
-    assert n_trainable(model) == SMP_TOTAL[arch]
-
-
-@pytest.mark.parametrize("arch", sorted(BUILDERS))
-def test_output_is_float32_logits_at_input_size_for_two_sizes(built, arch):
-    model = built(arch)
-    assert tuple(model.input.shape) == (None, None, None, 3)
-    for h, w in ((64, 64), (64, 96)):
-        x = np.random.default_rng(0).standard_normal((1, h, w, 3)).astype("float32")
-        y = model(x, training=False)
-        assert tuple(y.shape) == (1, h, w, 5)
-        assert y.dtype == "float32"
-        assert np.isfinite(np.asarray(y)).all()
-
-
-def test_unet_accepts_sizes_that_are_not_multiples_of_32(built):
-    model = built("unet")
+def test_unet_accepts_sizes_that_are_not_multiples_of_32(zoo_network):
+    model = zoo_network("unet")
     for h, w in ((72, 72), (65, 67)):
         y = model(np.zeros((2, h, w, 3), "float32"), training=False)
         assert tuple(y.shape) == (2, h, w, 5)
-
-
-@pytest.mark.parametrize("arch", ["unetplusplus", "linknet", "fpn"])
-def test_others_reject_72x72_naming_the_multiple(built, arch):
-    model = built(arch)
-    with pytest.raises(ValueError, match=r"divisible by 32.*multiple of 32"):
-        model(np.zeros((1, 72, 72, 3), "float32"), training=False)
-
-
-def test_unet_single_channel_input(built):
-    model = built("unet", in_channels=1)
-    y = model(np.ones((1, 64, 64, 1), "float32"), training=False)
-    assert tuple(y.shape) == (1, 64, 64, 5)
-    assert y.dtype == "float32"

@@ -1,8 +1,8 @@
 """README.md's JAX block ("Using the teacher from PyTorch or JAX") runs as written, on a tiny U-Net.
 
-A subprocess under ``KERAS_BACKEND=jax`` executes the block with the network shrunk (``TINY_OPTIONS``, 32² instead of
-resnet34 at 256²) and a random batch for its ``images`` / ``labels``, takes three more steps on the same batch and
-reports the losses and whether TensorFlow was imported. Marked ``slow``: XLA compiles the whole training step (about
+A subprocess under ``KERAS_BACKEND=jax`` executes the block with the network shrunk (``helpers.TINY_OPTIONS``, 32²
+instead of resnet34 at 256²) and a random batch for its ``images`` / ``labels``, takes three more steps on the same
+batch and reports the losses and whether TensorFlow was imported. Marked ``slow``: XLA compiles the whole training step (about
 a minute on a loaded 2-core CPU). The PyTorch block runs in tests/test_torch_example.py.
 """
 
@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from readme_snippets import README, python_block, substitute  # tests/readme_snippets.py
+from helpers import README, TINY_OPTIONS, python_block, substitute
 
 PRELUDE = """import numpy as np
 images = np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32)
@@ -32,11 +32,9 @@ print("RESULT " + json.dumps({"first": first, "last": float(loss), "tensorflow":
 
 @pytest.mark.slow
 def test_the_readme_jax_block_trains():
-    pytest.importorskip("jax")
     code = substitute(python_block('os.environ["KERAS_BACKEND"] = "jax"'), {
-        "from axial_kd_tf.models import build_network": "from axial_kd_tf.models import TINY_OPTIONS, build_network",
         'build_network("unet", encoder="resnet34", num_classes=5, in_channels=1)':
-            'build_network("unet", encoder="resnet18", num_classes=5, in_channels=1, **TINY_OPTIONS["unet"])',
+            f'build_network("unet", encoder="resnet18", num_classes=5, in_channels=1, **{TINY_OPTIONS["unet"]!r})',
         "keras.Input((256, 256, 1))": "keras.Input((32, 32, 1))",
     })
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",

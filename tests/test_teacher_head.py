@@ -1,4 +1,5 @@
-"""AxialTeacherHead: NumPy reference, zero-gate identity, pooling, serialisation."""
+"""AxialTeacherHead: NumPy reference, zero-gate identity, pooling, argument checks (the generic layer checks, config and
+``.keras`` round trip included, are in tests/test_layers.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import keras
 
 from axial_kd_tf.layers import AxialTeacherHead
-from test_axial_attention import randomize_weights, reference_axial
+from helpers import randomize_axial_weights as randomize_weights, reference_axial
 
 
 def _params_of(layer) -> dict:
@@ -113,28 +114,6 @@ def test_first_block_weights_keep_one_block_names():
     x = np.zeros((1, 4, 4, 5), "float32")
     one(x), two(x)
     assert {w.path for w in one.weights} < {w.path for w in two.weights}
-
-
-@pytest.mark.parametrize("kwargs", [
-    dict(hidden_dim=12, num_heads=3, key_dim=2, max_span=7, use_positional_encoding=False, use_normalization=False,
-         pool_size=2),
-    dict(hidden_dim=8, num_heads=2, residual=False, num_blocks=2),
-    dict(hidden_dim=8, gate_init=0.5, gate_trainable=False, detach_input=True),
-])
-def test_config_round_trip_and_keras_save(tmp_path, kwargs):
-    head = AxialTeacherHead(5, name="t", **kwargs)
-    cfg = head.get_config()
-    clone = AxialTeacherHead.from_config(cfg)
-    assert clone.get_config() == cfg
-    inp = keras.Input((None, None, 5))
-    model = keras.Model(inp, head(inp))
-    if head.residual and head.gate_trainable:
-        head.gate.assign(0.5)
-    x = np.random.default_rng(4).normal(size=(1, 8, 10, 5)).astype("float32")
-    path = tmp_path / "head.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-6)
 
 
 def test_rejects_bad_arguments():

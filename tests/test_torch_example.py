@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from readme_snippets import python_block  # tests/readme_snippets.py
+from helpers import python_block
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "torch_self_distillation.py"
@@ -96,7 +96,7 @@ def _torch_worker(work: Path) -> None:
 
 @pytest.fixture(scope="module")
 def torch_run(tmp_path_factory) -> dict:
-    pytest.importorskip("torch")
+    import torch  # noqa: F401  (a test requirement: fails rather than skips without it)
     work = tmp_path_factory.mktemp("torch_example")
     env = dict(os.environ, KERAS_BACKEND="torch", TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))

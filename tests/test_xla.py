@@ -7,7 +7,7 @@ under mixed_bfloat16 the float32 output of ``ResizeBilinear`` broke the gradient
 * that the keras.ops resizes give exactly the values of TensorFlow's ``ResizeNearestNeighbor`` / ``ResizeBilinear``
   (the ops the zoo used before, so trained weights and exported students keep their outputs), eagerly and in graphs
   of unknown size, and the same gradients (eager, and compiled by XLA);
-* one XLA-compiled training step per architecture, on the shrunken variants of ``zoo_tiny`` (the same blocks, a
+* one XLA-compiled training step per architecture, on the tiny variants of ``helpers.ZOO_SPECS`` (the same blocks, a
   fraction of XLA's compile time, which is still 6–15 CPU-seconds a network here). The default tier compiles the
   network's own step in float32 for the four nearest-upsampling decoders that failed before, and the distillation
   step (student + teacher, ``DistillationTrainer`` as ``train.py`` compiles it) of the quickstart's small U-Net under
@@ -26,7 +26,7 @@ from axial_kd_tf.distill import DistillationTrainer, build_distillation_model
 from axial_kd_tf.models import ZOO, build_network
 from axial_kd_tf.models.blocks import Resize, resize_bilinear, resize_nearest
 from axial_kd_tf.xla import xla_unsupported_ops
-from zoo_tiny import K, build_tiny, tiny_size
+from helpers import TINY_CLASSES as K, build_tiny, tiny_size
 
 
 def _old_resize(x: tf.Tensor, size: tuple, interpolation: str, align_corners: bool) -> tf.Tensor:
@@ -103,14 +103,6 @@ def test_resize_gradient_matches_the_old_op_and_compiles_with_xla(interpolation,
         compiled = tf.function(lambda: grad(new), jit_compile=True)()
         assert compiled.dtype == x.dtype
         np.testing.assert_allclose(tf.cast(compiled, tf.float32), tf.cast(want, tf.float32), **tol)
-
-
-@pytest.fixture
-def dtype_policy(request):
-    """Set the global Keras dtype policy for one test and restore float32 after it."""
-    keras.config.set_dtype_policy(request.param)
-    yield request.param
-    keras.config.set_dtype_policy("float32")
 
 
 def _xla_train_step(arch: str, teacher: bool, **options) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark_loader import load_benchmark  # tests/benchmark_loader.py
+from helpers import load_benchmark
 
 
 @pytest.mark.parametrize("argv,message", [

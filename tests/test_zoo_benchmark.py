@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from axial_kd_tf.models import build_network
-from benchmark_loader import load_benchmark  # tests/benchmark_loader.py
+from helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCHS = ("unet", "pspnet")  # pspnet: the cheapest graph to trace (keeps the test well under a minute)
