@@ -241,13 +241,20 @@ class DistillationTrainer(keras.Model):
         variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
-        return self._update_metrics(labels, outputs, terms)
+        return self._step_logs(self._update_metrics(labels, outputs, terms))
 
     def test_step(self, data: Any) -> dict:
         images, labels = data[0], data[1]
         outputs = self(images, training=False)
         terms = self.compute_loss_terms(labels, outputs)
-        return self._update_metrics(labels, outputs, terms)
+        return self._step_logs(self._update_metrics(labels, outputs, terms))
+
+    def _step_logs(self, logs: dict) -> dict:
+        """Under MultiWorkerMirroredStrategy Keras reduces a step's outputs with ``strategy.reduce("MEAN", v,
+        axis=0)``, which needs an axis to reduce: the scalars get one (elsewhere they stay scalars)."""
+        if isinstance(self._distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return {k: ops.reshape(v, (1,)) for k, v in logs.items()}
+        return logs
 
     def predict_step(self, data: Any) -> dict:
         images = data[0] if isinstance(data, (tuple, list)) else data

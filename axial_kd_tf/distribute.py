@@ -85,10 +85,11 @@ def resolve_mode(requested: str) -> str:
 
 def configure_cpu_devices() -> int:
     """Split the CPU into ``$AXIAL_KD_CPU_DEVICES`` logical devices (before TensorFlow starts its devices); returns
-    the number of logical CPUs (1 when the variable is unset)."""
+    the number of logical CPUs it asks for (1 when the variable is unset). Starts nothing: listing the logical
+    devices would start TensorFlow's devices, after which the multi-worker collectives cannot be configured."""
     text = os.environ.get(CPU_DEVICES_ENV, "").strip()
     if not text:
-        return len(tf.config.list_logical_devices("CPU"))
+        return 1
     try:
         n = int(text)
         if n < 1:
@@ -204,16 +205,19 @@ def agree(dist: Distribution, value: int, what: str) -> None:
         return
 
     @tf.function
-    def extremes() -> tuple:
-        v = tf.constant(value, tf.int64)
-        lo = dist.strategy.run(lambda: tf.distribute.get_replica_context().all_reduce("MIN", v))
-        hi = dist.strategy.run(lambda: tf.distribute.get_replica_context().all_reduce("MAX", v))
-        return (dist.strategy.experimental_local_results(lo)[0], dist.strategy.experimental_local_results(hi)[0])
+    def spread() -> tuple:
+        def replica() -> tuple:
+            ctx = tf.distribute.get_replica_context()
+            v = tf.constant(float(value), tf.float64)
+            mean = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, v)  # (SUM and MEAN are the only reductions)
+            return mean, ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.square(v - mean))
+        out = dist.strategy.run(replica)
+        return tuple(dist.strategy.experimental_local_results(x)[0] for x in out)
 
-    lo, hi = (int(x) for x in extremes())
-    if lo != hi:
-        raise UserError(f"the workers disagree on {what} ({lo} against {hi}); every worker must see the run "
-                        "directory (a shared filesystem) to resume a multi_worker run")
+    mean, squares = (float(x) for x in spread())
+    if squares > 0:
+        raise UserError(f"the workers disagree on {what} (this one: {value}, mean over the workers: {mean:g}); every "
+                        "worker must see the run directory (a shared filesystem) to resume a multi_worker run")
 
 
 def scale_loss(loss: Any) -> Any:
@@ -250,3 +254,44 @@ def eval_steps(dist: Distribution, num_images: int, global_batch: int) -> Option
     local_replicas = max(dist.num_replicas // dist.num_workers, 1)
     per_worker = -(-num_images // dist.num_workers)
     return max(1, -(-(-(-per_worker // per_replica)) // local_replicas))
+
+
+def _callback_base() -> type:
+    import keras
+
+    return keras.callbacks.Callback
+
+
+class AverageBatchNormStatistics(_callback_base()):
+    """At every epoch end, set each BatchNormalization's moving mean and variance to their mean over the replicas.
+
+    Keras 3 creates them with no aggregation, so under a strategy every replica keeps the statistics of its own share
+    of the batch (and the workers' saved networks would differ). The moving mean is an exponential average, so the
+    mean of the replicas' is exactly that of the global batch means; the moving variance misses the spread of the
+    replicas' means (``train.sync_batchnorm`` makes both exact for the student). Put it before every writer.
+    """
+
+    def __init__(self, strategy: tf.distribute.Strategy) -> None:
+        super().__init__()
+        self.strategy = strategy
+        self._average: Optional[Callable] = None
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        import keras
+
+        if self._average is None:
+            variables = [v for layer in self.model._flatten_layers(include_self=False, recursive=True)
+                         if isinstance(layer, keras.layers.BatchNormalization)
+                         for v in (layer.moving_mean, layer.moving_variance)]
+
+            def replica() -> None:
+                ctx = tf.distribute.get_replica_context()
+                means = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in variables])
+                for v, mean in zip(variables, means):
+                    v.assign(mean)  # no aggregation: each replica sets its own copy, all to the same value
+
+            def average() -> None:
+                self.strategy.run(replica)
+
+            self._average = tf.function(average) if variables else (lambda: None)
+        self._average()

@@ -30,6 +30,7 @@ from axial_kd_tf.distill import (
     teacher_head,
 )
 from axial_kd_tf.distribute import (
+    AverageBatchNormStatistics,
     Distribution,
     agree,
     check_batch_size,
@@ -510,9 +511,11 @@ def fit(cfg: Config, run_dir: Path, setup: Setup, resuming: bool, progress: Prog
                      f"[resume] '{run_dir}' has no finished epoch; training starts at epoch 1")
         threshold = _best_threshold(run_dir, progress) if initial_epoch else None
         backup = EpochBackup(run_dir)
-        callbacks = ([NonFiniteGuard(cfg.train.learning_rate, spe)] + _callbacks(cfg, run_dir, data, initial_epoch > 0,
-                                                                                 threshold)
-                     + [backup, watch] + list(extra_callbacks))
+        callbacks = [NonFiniteGuard(cfg.train.learning_rate, spe)]
+        if dist.distributed:  # the replicas' BatchNorm statistics agree before anything is measured or saved
+            callbacks.append(AverageBatchNormStatistics(dist.strategy))
+        callbacks += (_callbacks(cfg, run_dir, data, initial_epoch > 0, threshold) + [backup, watch]
+                      + list(extra_callbacks))
         if cfg.logging.verbose == 1:  # within an epoch (a bar on a terminal, timed lines otherwise), then per epoch
             from axial_kd_tf.progress import StepProgress
 
@@ -528,8 +531,8 @@ def fit(cfg: Config, run_dir: Path, setup: Setup, resuming: bool, progress: Prog
         progress(f"[train] {cfg.train.epochs} epochs × {spe} steps, run dir {run_dir}")
         trainer.fit(
             train_ds, epochs=cfg.train.epochs, initial_epoch=initial_epoch, steps_per_epoch=spe,
-            validation_data=val_ds, callbacks=callbacks,
-            validation_steps=eval_steps(dist, len(data.split("val")[0]), cfg.train.batch_size), verbose=2 if cfg.logging.verbose >= 2 else 0,
+            validation_data=val_ds, callbacks=callbacks, verbose=2 if cfg.logging.verbose >= 2 else 0,
+            validation_steps=eval_steps(dist, len(data.split("val")[0]), cfg.train.batch_size),
             shuffle=False,  # tf.data shuffles
         )
         train_time = time.time() - t0
