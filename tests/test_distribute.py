@@ -226,3 +226,73 @@ def test_resume_under_mirrored_after_a_kill(tmp_path):
     assert "continuing" in resumed.stdout and "after epoch 1" in resumed.stdout
     assert [r.split(",")[0] for r in (run / "history.csv").read_text().splitlines()[1:]] == ["1", "2"]
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+
+
+# ------------------------------------------------------------------------------- the grid on several GPUs
+def test_gpu_slots_and_child_environment():
+    from axial_kd_tf.parallel import child_env, gpu_slots
+
+    assert gpu_slots("0,2", 4) == ["0", "2"]
+    assert gpu_slots("1", 3, parent="4,5,6") == ["5"]  # indices count the GPUs this process sees
+    for text, visible, message in [("0,0", 4, "distinct"), ("a", 4, "comma list"), ("3", 2, "sees 2 GPU(s) (0-1)"),
+                                   ("0", 0, "use --parallel N")]:
+        with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            gpu_slots(text, visible)
+    assert child_env(None, {"A": "1"}, device="3") == {"A": "1", "CUDA_VISIBLE_DEVICES": "3"}
+
+
+def test_devices_flag_errors(capsys):
+    from axial_kd_tf.experiments.cli import main
+
+    assert main(["--config", "quickstart", "--devices", "0", "--parallel", "2", "--dry-run"]) == 2
+    assert "cannot be combined with --parallel" in capsys.readouterr().err
+    if not __import__("tensorflow").config.list_physical_devices("GPU"):
+        assert main(["--config", "quickstart", "--devices", "0", "--dry-run"]) == 2
+        assert "sees 0 GPU(s); on a CPU machine use --parallel N" in capsys.readouterr().err
+
+
+def test_grid_runs_at_once_on_separate_gpus(tmp_path, monkeypatch):
+    """--devices 0,1: at most two children at once, each started with one GPU, both GPUs used, every run once."""
+    import queue
+    import threading
+
+    from axial_kd_tf.experiments import cli as ex
+
+    args = ex.build_parser().parse_args(["--config", "quickstart", "--seeds", "1-3", "--out", str(tmp_path)])
+    grid = ex.resolve_grid(args)
+    args.gpus, args.parallel = ["0", "1"], 2
+    started, busy, peak = [], set(), []
+
+    def fake_child(item, overlays, done: queue.Queue, key, cpus=None, prefix="", device=None):
+        assert cpus is None and device not in busy
+        busy.add(device)
+        started.append((item.run_dir, device))
+        peak.append(len(busy))
+        (item.run_dir).mkdir(parents=True, exist_ok=True)
+        (item.run_dir / "test_metrics.json").write_text(json.dumps({"outputs": {}}))
+
+        def finish() -> None:
+            busy.discard(device)
+            done.put((key, 0))
+
+        timer = threading.Timer(0.05, finish)
+        timer.start()
+        return SimpleNamespace(thread=timer, stop=lambda: None)
+
+    monkeypatch.setattr(ex, "start_child", fake_child)
+    monkeypatch.setattr(ex, "_aggregate", lambda grid: {})
+    assert ex.run_plan(grid, args) == []
+    assert len(started) == len(grid.plan) == 6 and len({d for d, _ in started}) == 6
+    assert {dev for _, dev in started} == {"0", "1"} and max(peak) == 2
+
+
+def test_config_digest_ignores_the_distribution():
+    """Earlier runs keep their digest: train.distribute is left out, train.sync_batchnorm at its default too."""
+    from axial_kd_tf.experiments.grid import config_digest
+
+    raw = load_config("quickstart").to_dict()
+    old = json.loads(json.dumps(raw))
+    del old["train"]["distribute"], old["train"]["sync_batchnorm"]  # a run written before issue 12
+    mirrored = load_config("quickstart", ["train.distribute=mirrored"]).to_dict()
+    assert config_digest(raw) == config_digest(old) == config_digest(mirrored)
+    assert config_digest(load_config("quickstart", ["train.sync_batchnorm=true"]).to_dict()) != config_digest(raw)
