@@ -145,9 +145,9 @@ def test_synchronized_batchnorm_exports_the_same_builtin_ops(tmp_path):
 
 # ------------------------------------------------------------------------------------------ fresh processes
 def _env(**extra: str) -> dict:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1", **extra)
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "AXIAL_KD_CPU_DEVICES")}
+    env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1", **extra)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    env.pop("TF_CONFIG", None)
     return env
 
 
