@@ -81,12 +81,16 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     from axial_kd_tf.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    if cfg.train.distribute == "multi_worker" and not args.run_dir:  # a timestamped default differs per worker
+        raise UserError("train.distribute=multi_worker needs --run-dir (the same folder for every worker)")
     run_dir = Path(args.run_dir or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     quiet.import_tensorflow(args.verbose)
 
     from axial_kd_tf.pipeline import train
 
-    train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, force=args.force)
+    metrics = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, force=args.force)
+    if not metrics:  # a non-chief worker of a multi-worker run: the chief wrote the run
+        return 0
     print(f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
     print(f"Evaluate:    python evaluate.py --run {run_dir}")
     return 0

@@ -175,6 +175,11 @@ class TrainConfig:
     mixed_precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
     jit_compile: bool = False
     seed: int = 0
+    # Several devices or hosts (docs/distributed.md): TensorFlow's MirroredStrategy on this host's GPUs (or logical
+    # CPUs), MultiWorkerMirroredStrategy across the hosts named in TF_CONFIG; auto = mirrored when > 1 GPU is visible.
+    distribute: Literal["none", "auto", "mirrored", "multi_worker"] = "none"
+    # BatchNormalization(synchronized=True) in the student network: batch statistics over the global batch.
+    sync_batchnorm: bool = False
 
 
 @dataclass

@@ -28,6 +28,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from axial_kd_tf.distribute import scale_loss
 from axial_kd_tf.layers.teacher_head import AxialTeacherHead
 # The loss lives in the TensorFlow-free axial_kd_tf.losses (PyTorch / JAX use it too); re-exported here.
 from axial_kd_tf.losses import (  # noqa: F401
@@ -198,8 +199,13 @@ class DistillationTrainer(keras.Model):
         return terms
 
     def _update_metrics(self, labels: Any, outputs: Mapping[str, Any], terms: Mapping[str, Any]) -> dict:
+        # Weighted by the batch's images, so the epoch value is the mean over images whatever the batches (and over
+        # replicas: the Mean's variables are summed across them). An empty batch (a replica left without images at
+        # the end of an evaluation split) has NaN means; it must weigh nothing, not poison the sum.
+        count = ops.cast(ops.shape(labels)[0], "float32")
         for name, tracker in self.trackers.items():
-            tracker.update_state(terms[name])
+            value = ops.cast(terms[name], "float32")
+            tracker.update_state(ops.where(count > 0, value, ops.zeros_like(value)), sample_weight=count)
         self.student_iou.update_state(labels, outputs[STUDENT])
         if self.teacher_iou is not None:
             self.teacher_iou.update_state(labels, outputs[TEACHER])
@@ -211,23 +217,54 @@ class DistillationTrainer(keras.Model):
             loss = loss + ops.sum(ops.stack([ops.cast(x, "float32") for x in self.losses]))
         return loss
 
+    def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
+        """Under a strategy Keras builds the model on a batch it draws from the training iterator, which shifts the
+        stream by one batch (or starts a reshuffled pass of it), so a distributed run would not see the batches of a
+        one-device run nor resume on the right one. Everything here but the optimizer is built already: build that
+        (in the strategy's scope) and draw nothing."""
+        if iterator is not None and self._distribute_strategy is not None and self.built:
+            if getattr(self, "optimizer", None) is not None and not self.optimizer.built:
+                with self._distribute_strategy.scope():
+                    self.optimizer.build(self.trainable_variables)
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def train_step(self, data: Any) -> dict:
         images, labels = data[0], data[1]
         with tf.GradientTape() as tape:
             outputs = self(images, training=True)
             terms = self.compute_loss_terms(labels, outputs)
-            # Loss scaling for mixed_float16 (identity for other policies / optimizers).
-            scaled = self.optimizer.scale_loss(self._total_loss(terms))
+            # Under a strategy each replica's mean is divided by the replicas in sync (the optimizer sums their
+            # gradients: their sum is then the global-batch mean's); then loss scaling for mixed_float16 (identity
+            # for other policies). The logged terms stay unscaled.
+            scaled = self.optimizer.scale_loss(scale_loss(self._total_loss(terms)))
         variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
-        return self._update_metrics(labels, outputs, terms)
+        return self._step_logs(self._update_metrics(labels, outputs, terms))
 
     def test_step(self, data: Any) -> dict:
         images, labels = data[0], data[1]
-        outputs = self(images, training=False)
-        terms = self.compute_loss_terms(labels, outputs)
-        return self._update_metrics(labels, outputs, terms)
+        if self._distribute_strategy is None:
+            outputs = self(images, training=False)
+            return self._update_metrics(labels, outputs, self.compute_loss_terms(labels, outputs))
+
+        def update() -> Any:
+            outputs = self(images, training=False)
+            self._update_metrics(labels, outputs, self.compute_loss_terms(labels, outputs))
+            return ops.zeros(())
+
+        # At the end of an evaluation split TensorFlow hands a replica without images an empty batch, on which the
+        # convolutions fail on CPU (a wrongly shaped empty result): such a replica skips the step.
+        tf.cond(ops.shape(images)[0] > 0, update, lambda: ops.zeros(()))
+        return self._step_logs(self.get_metrics_result())
+
+    def _step_logs(self, logs: dict) -> dict:
+        """Under MultiWorkerMirroredStrategy Keras reduces a step's outputs with ``strategy.reduce("MEAN", v,
+        axis=0)``, which needs an axis to reduce: the scalars get one (elsewhere they stay scalars)."""
+        if isinstance(self._distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return {k: ops.reshape(v, (1,)) for k, v in logs.items()}
+        return logs
 
     def predict_step(self, data: Any) -> dict:
         images = data[0] if isinstance(data, (tuple, list)) else data
@@ -245,7 +282,7 @@ class DistillationTrainer(keras.Model):
         if not self.has_teacher:
             return {}
         if self._gradient_fn is None:
-            self._gradient_fn = tf.function(self._gradient_norms)
+            self._gradient_fn = tf.function(self._replica_gradient_norms)
         state = [ops.copy(v.value) for v in self.network.non_trainable_variables]
         try:
             ce_sq, d_sq, dot = (float(x) for x in self._gradient_fn(images, labels))
@@ -256,6 +293,16 @@ class DistillationTrainer(keras.Model):
         share = d_norm / (ce_norm + d_norm) if ce_norm + d_norm > 0 else 0.0
         cosine = dot / (ce_norm * d_norm) if ce_norm > 0 and d_norm > 0 else 0.0
         return {"distill_grad_share": share, "distill_grad_cosine": cosine}
+
+    def _replica_gradient_norms(self, images: Any, labels: Any) -> tuple:
+        """:meth:`_gradient_norms` on every replica of the trainer's strategy (each on the whole probe batch, with
+        the same weights, so they agree; synchronized BatchNorm's all-reduce needs every replica), the first one's
+        result returned. Without a strategy, the plain call."""
+        strategy = self._distribute_strategy  # the strategy the trainer was built under (None: none)
+        if strategy is None:
+            return self._gradient_norms(images, labels)
+        out = strategy.run(self._gradient_norms, args=(images, labels))
+        return tuple(strategy.experimental_local_results(x)[0] for x in out)
 
     def _gradient_norms(self, images: Any, labels: Any) -> tuple:
         variables = [v for v in self.network.trainable_variables if not v.path.startswith(_head_prefix(self))]

@@ -7,6 +7,9 @@ CPUs at start-up (:func:`pin_from_env`, before TensorFlow is imported; pinning i
 ``os.sched_setaffinity``). Small CPU-bound trainings gain from this: on a 2-core machine two single-thread processes
 gave about 19 % more throughput than one two-thread process.
 
+``--devices 0,1,2,3`` runs one child per listed GPU at once, each seeing that GPU only (``CUDA_VISIBLE_DEVICES``;
+:func:`gpu_slots`), its threads and CPUs left alone.
+
 Each child's output goes, line by line, to its log file and to the console (prefixed with the run's short name when
 several run at once); a reader thread per child posts ``(key, return code)`` to a queue when the child ends.
 """
@@ -46,9 +49,31 @@ def cpu_shares(n: int, cpus: Optional[Sequence[int]] = None) -> list[list[int]]:
     return [cpus[k * size:(k + 1) * size] for k in range(n)]
 
 
-def child_env(cpus: Optional[Sequence[int]], base: Optional[dict] = None) -> dict:
-    """The environment of a child with its CPU share: thread-pool sizes and :data:`CPUS_ENV` (unchanged for None)."""
+def gpu_slots(text: str, visible: int, parent: Optional[str] = None) -> list[str]:
+    """``--devices 0,2``: the ``CUDA_VISIBLE_DEVICES`` value of each child, checked against the ``visible`` GPUs.
+
+    Indices count the GPUs this process sees; where its own ``CUDA_VISIBLE_DEVICES`` (``parent``) narrows them, a
+    child gets the physical id it names (index 1 of ``"4,5"`` is ``"5"``).
+    """
+    try:
+        indices = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UserError(f"--devices must be a comma list of GPU indices such as 0,1,2,3, got '{text}'") from None
+    if not indices or len(set(indices)) != len(indices) or min(indices) < 0:
+        raise UserError(f"--devices must list distinct GPU indices such as 0,1,2,3, got '{text}'")
+    if max(indices) >= visible:
+        raise UserError(f"--devices {text}: this process sees {visible} GPU(s)"
+                        + (f" (0-{visible - 1})" if visible else "; on a CPU machine use --parallel N"))
+    ids = [p.strip() for p in parent.split(",")] if parent else None
+    return [ids[i] if ids else str(i) for i in indices]
+
+
+def child_env(cpus: Optional[Sequence[int]], base: Optional[dict] = None, device: Optional[str] = None) -> dict:
+    """The environment of a child with its CPU share: thread-pool sizes and :data:`CPUS_ENV` (unchanged for None);
+    with ``device``, the one GPU it sees (``CUDA_VISIBLE_DEVICES``)."""
     env = dict(os.environ if base is None else base)
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(device)
     if cpus:
         threads = str(len(cpus))
         env.update(TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS=threads, OMP_NUM_THREADS=threads)

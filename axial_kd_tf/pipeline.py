@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -33,6 +34,7 @@ import keras
 from axial_kd_tf.config import Config, dump_config
 from axial_kd_tf.data import DataBundle, load_data
 from axial_kd_tf.distill import TEACHER, student_network, teacher_network
+from axial_kd_tf.distribute import Distribution, make_distribution
 from axial_kd_tf.errors import UserError
 from axial_kd_tf.export import export_network
 from axial_kd_tf.inference import KerasPredictor, evaluate_split, metrics_payload
@@ -59,14 +61,20 @@ def train(
     data, the model build, the input sizes and the memory estimate (``force`` turns a memory error into a warning).
     A new run that fails before its first epoch is committed is removed again. ``resume`` continues from the newest
     epoch backup that loads, and after a finished training only redoes what is missing (models, metrics, export).
+
+    Under ``train.distribute: multi_worker`` only the chief writes ``run_dir``; another worker trains with it (its
+    files go to a temporary folder) and returns ``{}`` (docs/distributed.md).
     """
     run_dir = Path(run_dir)
     t0 = time.time()
-    resuming = check_run_dir(run_dir, cfg, resume, overwrite)
+    dist = make_distribution(cfg.train.distribute, progress)  # first: before anything starts TensorFlow's devices
+    resuming = check_run_dir(run_dir, cfg, resume, overwrite) if dist.is_chief else False
     previous_policy = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
     try:
-        setup = prepare(cfg, force, progress)
+        setup = prepare(cfg, force, progress, dist)
+        if not dist.is_chief:
+            return _train_worker(cfg, run_dir, setup, resume, progress, extra_callbacks)
         with open_run_dir(run_dir, dump_config(cfg), resuming, overwrite, progress):
             try:
                 fitted = fit(cfg, run_dir, setup, resuming, progress, extra_callbacks, t0)
@@ -79,11 +87,37 @@ def train(
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
+def _train_worker(cfg: Config, run_dir: Path, setup: Setup, resume: bool, progress: Progress,
+                  extra_callbacks: tuple) -> dict:
+    """A non-chief worker of a multi-worker run: the same training steps as the chief (its collectives need every
+    worker), with its checkpoints, history and TensorBoard files in a temporary folder that is deleted at the end.
+    To resume, it reads the chief's epoch backups from ``run_dir`` (so ``run_dir`` must be on a shared filesystem)."""
+    dist: Distribution = setup.dist  # type: ignore[assignment]
+    with tempfile.TemporaryDirectory(prefix=f"axial_kd_worker{dist.worker_index}_") as tmp:
+        scratch = Path(tmp) / "run"
+        scratch.mkdir()
+        resuming = False
+        if resume and (run_dir / "config.yaml").is_file():
+            for name in ("backup", "checkpoints"):
+                if (run_dir / name).is_dir():
+                    shutil.copytree(run_dir / name, scratch / name)
+            if (run_dir / "history.csv").is_file():
+                shutil.copy2(run_dir / "history.csv", scratch / "history.csv")
+            resuming = True
+        fit(cfg, scratch, setup, resuming, progress, extra_callbacks)
+    progress(f"[worker {dist.worker_index}] training done; the chief writes '{run_dir}'")
+    return {}
+
+
 def _finish(cfg: Config, run_dir: Path, setup: Setup, fitted: Fitted, progress: Progress, t0: float) -> dict:
     """After the training: save the models and curves, evaluate on the validation split, export, write metrics."""
     data, model = setup.data, setup.model
     n_student = student_network(model).count_params()
     _save_models(run_dir, model)
+    if setup.dist is not None and setup.dist.distributed:
+        # The evaluation and export use the saved network, whose variables are plain (not mirrored): no collective
+        # with workers that have finished, and SavedModel/TFLite see ordinary variables.
+        model = load_run_model(run_dir)
     _write_curves(run_dir)
     images, masks = data.split("val")
     cms = evaluate_split(KerasPredictor(model), images, masks, data.num_classes, cfg.train.batch_size)

@@ -393,7 +393,8 @@ def restore_backup(model: keras.Model, run_dir: Path, progress: Progress = print
     if optimizer is not None and not optimizer.built:
         optimizer.build(model.trainable_variables)
     variables = list(model.variables) + (list(optimizer.variables) if optimizer is not None else [])
-    snapshot = [np.array(keras.ops.convert_to_numpy(v.value)) for v in variables]  # a failed load may be partial
+    # A failed load may be partial. (Through a tensor: a mirrored variable does not convert to NumPy directly.)
+    snapshot = [np.array(keras.ops.convert_to_numpy(keras.ops.convert_to_tensor(v))) for v in variables]
     for i, (epochs_done, path) in enumerate(candidates):
         try:
             load_weights(model, path)

@@ -29,6 +29,16 @@ from axial_kd_tf.distill import (
     student_network,
     teacher_head,
 )
+from axial_kd_tf.distribute import (
+    AverageBatchNormStatistics,
+    Distribution,
+    agree,
+    check_batch_size,
+    distributed_dataset,
+    eval_steps,
+    resolve_jit,
+    synchronize_batchnorm,
+)
 from axial_kd_tf.errors import UserError
 from axial_kd_tf.io_utils import atomic_write_json, check_writable_dir
 from axial_kd_tf.preflight import check_input_sizes, check_memory, data_nbytes, estimate_memory
@@ -307,7 +317,7 @@ class TeacherDiagnostics(keras.callbacks.Callback):
         if head is None:
             return
         if head.residual:
-            logs["gate"] = float(head.gate)
+            logs["gate"] = float(np.asarray(keras.ops.convert_to_numpy(head.gate)))  # a MirroredVariable too
         logs.update(self.model.gradient_diagnostics(self.images, self.masks))
 
 
@@ -419,6 +429,7 @@ class Setup:
     model: keras.Model
     trainer: DistillationTrainer
     steps_per_epoch: int
+    dist: Optional[Distribution] = None  # the strategy the model was built under (None: one device)
 
 
 @dataclass
@@ -430,18 +441,26 @@ class Fitted:
     class_warnings: list
 
 
-def prepare(cfg: Config, force: bool = False, progress: Progress = print) -> Setup:
-    """Load the data, build and compile the model, and check input sizes and memory (under the caller's precision
-    policy). ``force`` turns a memory error into a warning."""
+def prepare(cfg: Config, force: bool = False, progress: Progress = print, dist: Optional[Distribution] = None
+            ) -> Setup:
+    """Load the data, build and compile the model (inside ``dist``'s strategy scope), and check input sizes and
+    memory (under the caller's precision policy). ``force`` turns a memory error into a warning."""
     keras.utils.set_random_seed(cfg.train.seed)
     progress(f"[data] loading '{cfg.data.dataset}'")
     data = load_data(cfg)
-    model = build_model_from_config(cfg, data.num_classes, data.in_channels)
+    dist = dist or Distribution(tf.distribute.get_strategy(), "none")
+    check_batch_size(cfg.train.batch_size, dist)
     spe = steps_per_epoch(cfg, len(data.train_images))
-    trainer = make_trainer(cfg, model, data.class_names, spe * cfg.train.epochs)
-    size = cfg.data.crop_size or min(data.train_images.shape[1:3])
-    jit = resolve_jit_compile(cfg.train.jit_compile, model, (size, size, data.in_channels), progress)
-    trainer.compile(optimizer=make_optimizer(cfg, spe * cfg.train.epochs), jit_compile=jit)
+    with dist.scope():  # variables, metrics and optimizer state are mirrored over the replicas
+        model = build_model_from_config(cfg, data.num_classes, data.in_channels)
+        if cfg.train.sync_batchnorm:
+            n_bn = synchronize_batchnorm(student_network(model))
+            progress(f"[model] {n_bn} BatchNormalization layers synchronized across replicas")
+        trainer = make_trainer(cfg, model, data.class_names, spe * cfg.train.epochs)
+        size = cfg.data.crop_size or min(data.train_images.shape[1:3])
+        jit = resolve_jit(cfg.train.jit_compile, dist, progress)
+        jit = resolve_jit_compile(jit, model, (size, size, data.in_channels), progress)
+        trainer.compile(optimizer=make_optimizer(cfg, spe * cfg.train.epochs), jit_compile=jit)
     data.train_dataset(cfg.train.batch_size, cfg.data.seed, cfg.data.crop_size, cfg.data.augment)  # checks sizes
     _preflight(cfg, model, data, force, progress)
     n_student = student_network(model).count_params()
@@ -449,7 +468,9 @@ def prepare(cfg: Config, force: bool = False, progress: Progress = print) -> Set
         f"[model] {cfg.model.arch}: {n_student:,} student params, {model.count_params() - n_student:,} teacher params"
         f" ({'distillation' if cfg.distill.enabled else 'baseline'} mode, {cfg.train.mixed_precision})"
     )
-    return Setup(data, model, trainer, spe)
+    if dist.distributed:
+        progress(f"[distribute] {dist.describe()}, global batch {cfg.train.batch_size}")
+    return Setup(data, model, trainer, spe, dist)
 
 
 def _preflight(cfg: Config, model: keras.Model, data: DataBundle, force: bool, progress: Progress) -> None:
@@ -470,6 +491,7 @@ def fit(cfg: Config, run_dir: Path, setup: Setup, resuming: bool, progress: Prog
     checkpoint into ``setup.model``. Epoch backups make it resumable after a kill; ``t0`` starts the wall clock."""
     t0 = time.time() if t0 is None else t0
     data, trainer, spe = setup.data, setup.trainer, setup.steps_per_epoch
+    dist = setup.dist or Distribution(tf.distribute.get_strategy(), "none")
     if resuming:
         remove_temporaries(run_dir)
     trained = read_trained(run_dir, cfg.train.epochs) if resuming else None
@@ -479,17 +501,21 @@ def fit(cfg: Config, run_dir: Path, setup: Setup, resuming: bool, progress: Prog
         trained = {"epochs": cfg.train.epochs, "train_wall_time_s": None}
         write_trained(run_dir, trained)
     watch = ClassWatch(data.class_names, progress)
+    with dist.scope():  # optimizer slots created by a restore must be mirrored too
+        initial_epoch = restore_backup(trainer, run_dir, progress) if resuming and trained is None else 0
+    agree(dist, initial_epoch if trained is None else -1, "the epoch to resume after")
     if trained is None:
-        initial_epoch = restore_backup(trainer, run_dir, progress) if resuming else 0
         if resuming:
             truncate_history(run_dir / "history.csv", initial_epoch)
             progress(f"[resume] continuing '{run_dir}' after epoch {initial_epoch}" if initial_epoch else
                      f"[resume] '{run_dir}' has no finished epoch; training starts at epoch 1")
         threshold = _best_threshold(run_dir, progress) if initial_epoch else None
         backup = EpochBackup(run_dir)
-        callbacks = ([NonFiniteGuard(cfg.train.learning_rate, spe)] + _callbacks(cfg, run_dir, data, initial_epoch > 0,
-                                                                                 threshold)
-                     + [backup, watch] + list(extra_callbacks))
+        callbacks = [NonFiniteGuard(cfg.train.learning_rate, spe)]
+        if dist.distributed:  # the replicas' BatchNorm statistics agree before anything is measured or saved
+            callbacks.append(AverageBatchNormStatistics(dist.strategy))
+        callbacks += (_callbacks(cfg, run_dir, data, initial_epoch > 0, threshold) + [backup, watch]
+                      + list(extra_callbacks))
         if cfg.logging.verbose == 1:  # within an epoch (a bar on a terminal, timed lines otherwise), then per epoch
             from axial_kd_tf.progress import StepProgress
 
@@ -497,13 +523,16 @@ def fit(cfg: Config, run_dir: Path, setup: Setup, resuming: bool, progress: Prog
             callbacks.append(StepProgress.for_console(spe, progress, cfg.logging.progress_seconds, val_steps))
             callbacks.append(EpochProgress(progress))
         # A resumed run skips the batches of the finished epochs: the same samples and augmentations follow.
-        train_ds = data.train_dataset(cfg.train.batch_size, cfg.data.seed, cfg.data.crop_size, cfg.data.augment,
-                                      skip_batches=initial_epoch * spe)
-        val_ds = data.eval_dataset("val", cfg.train.batch_size)
+        train_ds = distributed_dataset(dist, lambda batch, shard: data.train_dataset(
+            batch, cfg.data.seed, cfg.data.crop_size, cfg.data.augment, skip_batches=initial_epoch * spe, shard=shard,
+            global_batch=cfg.train.batch_size), cfg.train.batch_size)
+        val_ds = distributed_dataset(dist, lambda batch, shard: data.eval_dataset("val", batch, shard=shard),
+                                     cfg.train.batch_size)
         progress(f"[train] {cfg.train.epochs} epochs × {spe} steps, run dir {run_dir}")
         trainer.fit(
             train_ds, epochs=cfg.train.epochs, initial_epoch=initial_epoch, steps_per_epoch=spe,
             validation_data=val_ds, callbacks=callbacks, verbose=2 if cfg.logging.verbose >= 2 else 0,
+            validation_steps=eval_steps(dist, len(data.split("val")[0]), cfg.train.batch_size),
             shuffle=False,  # tf.data shuffles
         )
         train_time = time.time() - t0
@@ -513,7 +542,8 @@ def fit(cfg: Config, run_dir: Path, setup: Setup, resuming: bool, progress: Prog
     else:
         progress(f"[resume] training of '{run_dir}' finished earlier; only the missing steps are redone")
         train_time = float(trained.get("train_wall_time_s") or 0.0)
-    best_epoch = _load_final_weights(trainer, run_dir, cfg.train.epochs, progress, trained_now=trained is None)
+    with dist.scope():
+        best_epoch = _load_final_weights(trainer, run_dir, cfg.train.epochs, progress, trained_now=trained is None)
     return Fitted(train_time, best_epoch, watch.warnings)
 
 

@@ -33,25 +33,34 @@ class DataBundle:
         return self.splits[name]
 
     def train_dataset(self, batch_size: int, seed: int, crop_size: Optional[int], augment: bool,
-                      skip_batches: int = 0) -> "tf.data.Dataset":
+                      skip_batches: int = 0, shard: Optional[tuple[int, int]] = None,
+                      global_batch: Optional[int] = None) -> "tf.data.Dataset":
         """The endless, shuffled and augmented training stream; ``skip_batches`` continues it after that many
-        batches exactly as an uninterrupted run would (a resumed run skips the batches of its finished epochs)."""
+        batches exactly as an uninterrupted run would (a resumed run skips the batches of its finished epochs).
+
+        Under ``train.distribute``: ``shard`` = ``(count, index)`` is this worker's part of the stream and
+        ``batch_size`` the per-replica batch; ``global_batch`` (default ``batch_size``) counts the skipped batches.
+        Every dataset (``synthetic``, ``sstem``, ``covid``, ``folders``) is read into arrays first, so this one
+        sharded pipeline serves them all."""
         from axial_kd_tf.data.pipeline import build_dataset
 
-        if batch_size > len(self.train_images):
+        global_batch = int(global_batch or batch_size)
+        if global_batch > len(self.train_images):
             raise UserError(
-                f"train.batch_size ({batch_size}) is larger than the training set ({len(self.train_images)} images)"
+                f"train.batch_size ({global_batch}) is larger than the training set ({len(self.train_images)} images)"
             )
         return build_dataset(
             self.train_images, self.train_masks, batch_size, training=True, seed=seed, crop_size=crop_size,
-            augment=augment, repeat=True, skip=int(skip_batches) * int(batch_size),
+            augment=augment, repeat=True, skip=int(skip_batches) * global_batch, shard=shard,
         )
 
-    def eval_dataset(self, name: str, batch_size: int) -> "tf.data.Dataset":
+    def eval_dataset(self, name: str, batch_size: int, shard: Optional[tuple[int, int]] = None
+                     ) -> "tf.data.Dataset":
+        """The evaluation split in order, batched; ``shard`` = ``(count, index)`` keeps this worker's images."""
         from axial_kd_tf.data.pipeline import build_dataset
 
         images, masks = self.split(name)
-        return build_dataset(images, masks, batch_size, training=False)
+        return build_dataset(images, masks, batch_size, training=False, shard=shard)
 
 
 def load_data(cfg: Config) -> DataBundle:

@@ -72,7 +72,7 @@ def _augment(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, crop_size: int 
 
 def build_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int, training: bool, seed: int = 0,
                   crop_size: int | None = None, augment: bool = True, repeat: bool = False,
-                  skip: int = 0) -> tf.data.Dataset:
+                  skip: int = 0, shard: tuple[int, int] | None = None) -> tf.data.Dataset:
     """Batch in-memory images and masks into a ``tf.data.Dataset`` of ``(image, mask)``.
 
     Args:
@@ -88,6 +88,10 @@ def build_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int, traini
         repeat: repeat indefinitely (before batching, so batches run across epoch boundaries).
         skip: training only: start after this many samples of the (repeated) stream, with the same shuffle order
             and augmentation as the uninterrupted stream — how a resumed run continues exactly where it stopped.
+        shard: ``(count, index)``: keep the elements ``index, index + count, ...`` of the (shuffled, skipped) stream,
+            before any augmentation — one worker's part under ``train.distribute`` (:mod:`axial_kd_tf.distribute`).
+            The shuffle is seeded, so the ``count`` shards are disjoint and together make up the whole stream; each
+            element keeps the augmentation of its global index. ``batch_size`` is then the per-replica batch.
 
     Returns:
         Dataset yielding ``(float32 [B, h, w, C], int32 [B, h, w])``.
@@ -96,6 +100,8 @@ def build_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int, traini
         UserError: on malformed shapes, ``crop_size`` larger than the images or a bad ``batch_size``.
     """
     _validate(images, masks, batch_size, crop_size)
+    if shard is not None and not (int(shard[0]) >= 1 and 0 <= int(shard[1]) < int(shard[0])):
+        raise UserError(f"shard must be (count, index) with 0 <= index < count, got {tuple(shard)}")
     batch_size, seed = int(batch_size), int(seed)
     crop = int(crop_size) if crop_size is not None else None
     num, height, width = np.shape(masks)
@@ -118,9 +124,13 @@ def build_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int, traini
         ds = ds.enumerate()
         if skip:  # before the map: skipped samples are neither augmented nor copied twice
             ds = ds.skip(int(skip))
+        if shard is not None:  # after the seeded shuffle (same order on every worker), before the augmentation
+            ds = ds.shard(int(shard[0]), int(shard[1]))
         ds = ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.batch(batch_size, drop_remainder=True)
     else:
+        if shard is not None:  # in order: every worker evaluates its own images, each image once
+            ds = ds.shard(int(shard[0]), int(shard[1]))
         if repeat:
             ds = ds.repeat()
         ds = ds.batch(batch_size, drop_remainder=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
 import sys
 import time
@@ -17,7 +18,7 @@ from axial_kd_tf import quiet  # sets TensorFlow's C++ log level before it loads
 from axial_kd_tf import study
 from axial_kd_tf.cli import _Parser, _guard
 from axial_kd_tf.errors import UserError
-from axial_kd_tf.parallel import console_lock, cpu_shares
+from axial_kd_tf.parallel import console_lock, cpu_shares, gpu_slots
 from axial_kd_tf.variants import build_variants, validate_variants
 from axial_kd_tf.experiments.aggregate import collect_runs, format_text, write_aggregate
 from axial_kd_tf.experiments.grid import (
@@ -104,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="upsert one study record per evaluated run into this JSON list (see axial_kd_tf.study)")
     p.add_argument("--parallel", type=int, default=1, metavar="N",
                    help="run up to N child processes at once, each on its own equal share of the CPUs (default 1)")
+    p.add_argument("--devices", default=None, metavar="0,1,2,3",
+                   help="run one child per listed GPU at once, each seeing only its GPU (not with --parallel)")
     p.add_argument("--overlays", type=int, default=4, help="tiles per overlay figure (default 4; 0: none)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state, then exit")
     p.add_argument("--report-only", action="store_true",
@@ -143,7 +146,16 @@ def resolve_grid(args: argparse.Namespace) -> Grid:
         raise UserError(f"--parallel must be >= 1, got {args.parallel}")
     if args.parallel > 1 and args.in_process:
         raise UserError("--parallel runs child processes; it cannot be combined with --in-process")
-    if args.parallel > 1:
+    if args.devices is not None:
+        if args.parallel > 1 or args.in_process:
+            raise UserError("--devices runs one child process per GPU; it cannot be combined with --parallel or "
+                            "--in-process")
+        import tensorflow as tf
+
+        args.gpus = gpu_slots(args.devices, len(tf.config.list_physical_devices("GPU")),
+                              os.environ.get("CUDA_VISIBLE_DEVICES"))
+        args.parallel = len(args.gpus)
+    elif args.parallel > 1:
         cpu_shares(args.parallel)  # enough CPUs for a share each
     if args.record is not None:
         if Path(args.record).is_dir():
@@ -214,7 +226,8 @@ def run_plan(grid: Grid, args: argparse.Namespace) -> list[str]:
     After every run its record is upserted (``--record``) and the aggregate rewritten, both by this process only.
     """
     plan, total, split, parallel = grid.plan, len(grid.plan), grid.split, args.parallel
-    shares: list = cpu_shares(parallel) if parallel > 1 else [None]
+    gpus = getattr(args, "gpus", None)  # --devices: one GPU per slot, CPUs left alone
+    shares: list = [None] * len(gpus) if gpus else cpu_shares(parallel) if parallel > 1 else [None]
     free = list(range(len(shares)))
     pending = deque(enumerate(plan, 1))
     running: dict[int, tuple] = {}  # run number -> (item, start time, slot, child or None)
@@ -240,7 +253,8 @@ def run_plan(grid: Grid, args: argparse.Namespace) -> list[str]:
                     events.put((i, run_in_process(item, args.overlays)))
                 else:
                     prefix = f"[{item.spec.short}] " if parallel > 1 else ""
-                    running[i] = (item, t0, slot, start_child(item, args.overlays, events, i, shares[slot], prefix))
+                    running[i] = (item, t0, slot, start_child(item, args.overlays, events, i, shares[slot], prefix,
+                                                              device=gpus[slot] if gpus else None))
             if not running:
                 break
             i, result = _next_event(events)

@@ -25,7 +25,10 @@ FOLD_DATASETS = {"sstem": 5}  # datasets with a fold protocol -> number of folds
 IDENTITY_KEYS = ("model.arch", "distill.enabled", "data.dataset", "data.fold")
 # GRID_KEYS (axial_kd_tf.variants): keys that vary across the grid by design (left out of a run's configuration
 # digest, as are machine-local keys such as data.root: the digest identifies the same base config on any machine).
-DIGEST_EXCLUDED = GRID_KEYS + study.LOCAL_KEYS
+# train.distribute says how a run is executed, not what it trains (a mirrored step equals the one-device step).
+DIGEST_EXCLUDED = GRID_KEYS + study.LOCAL_KEYS + ("train.distribute",)
+# Keys added after records existed, left out at their default so the digests of earlier runs stay as they were.
+DIGEST_OMITTED_AT_DEFAULT = {"train.sync_batchnorm": False}
 DISPLAY_NAMES = study.DISPLAY_NAMES
 SPLITS = study.SPLITS
 TEST_METRICS = "test_metrics.json"
@@ -225,6 +228,10 @@ def config_digest(raw: Mapping, reset: Optional[Mapping[str, Any]] = None) -> st
             _set(raw, key, json.loads(json.dumps(value)))
     for key in DIGEST_EXCLUDED:
         _pop(raw, key)
+    for key, default in DIGEST_OMITTED_AT_DEFAULT.items():
+        section, _, name = key.partition(".")
+        if raw.get(section, {}).get(name, default) == default:
+            _pop(raw, key)
     return hashlib.sha1(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -184,14 +184,16 @@ def run_in_process(item: PlannedRun, overlays: int) -> tuple[bool, str]:
 
 
 def start_child(item: PlannedRun, overlays: int, done: "queue.Queue", key: Any,
-                cpus: Optional[Sequence[int]] = None, prefix: str = "") -> StreamedProcess:
+                cpus: Optional[Sequence[int]] = None, prefix: str = "", device: Optional[str] = None
+                ) -> StreamedProcess:
     """Start one grid point in ``python -m axial_kd_tf.experiments --_worker``; its output goes to the console
     (each line after ``prefix``) and the run's log; ``(key, return code)`` is put on ``done`` when it ends.
-    ``cpus``: the child's CPU share (``--parallel``), None to leave its threads and affinity alone."""
+    ``cpus``: the child's CPU share (``--parallel``), None to leave its threads and affinity alone; ``device``: the
+    one GPU it sees (``--devices``)."""
     payload = json.dumps({"spec": item.spec.to_dict(), "config": item.config.to_dict(), "run_dir": str(item.run_dir),
                           "overlays": overlays, **item.eval_options()})
     package_parent = str(Path(__file__).resolve().parent.parent)
-    env = child_env(cpus, dict(os.environ, PYTHONUNBUFFERED="1"))
+    env = child_env(cpus, dict(os.environ, PYTHONUNBUFFERED="1"), device=device)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
     return StreamedProcess(key, [sys.executable, "-m", "axial_kd_tf.experiments", "--_worker", payload], env,
                            item.log, _log_header(item), done, prefix=prefix)

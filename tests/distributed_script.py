@@ -1,0 +1,129 @@
+"""Child processes of tests/test_distribute.py (logical CPU devices and multi-worker collectives must be set up before
+TensorFlow starts its devices, so each scenario runs in a fresh process).
+
+    python tests/distributed_script.py equivalence
+    python tests/distributed_script.py train RUN_DIR OUT.npz [--kill-after N] [--resume] [--set KEY=VALUE ...]
+
+``equivalence`` prints one JSON line; ``train`` runs :func:`axial_kd_tf.pipeline.train` with ``AXIAL_KD_CPU_DEVICES``
+and ``TF_CONFIG`` as the environment gives them, and saves the trained network's weights to ``OUT.npz``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+TINY = [
+    "data.image_size=16", "data.train_samples=16", "data.val_samples=4", "data.test_samples=4",
+    "model.options={base_filters: 4, depth: 2}", "teacher.hidden_dim=4", "teacher.max_span=16",
+    "teacher.pool_size=1", "train.batch_size=8", "train.jit_compile=false", "logging.num_images=1",
+    "logging.verbose=0", "export.verify_samples=2", "export.calibration_samples=2", "export.enabled=false",
+]
+
+
+def weights_of(model: keras.Model) -> list:
+    return [np.asarray(keras.ops.convert_to_numpy(w)) for w in model.weights]
+
+
+def equivalence() -> dict:
+    """One SGD step, global batch 8: one device against MirroredStrategy over 2 logical CPUs (4 images each)."""
+    from axial_kd_tf.config import load_config
+    from axial_kd_tf.distribute import distributed_dataset, make_distribution
+    from axial_kd_tf.training import prepare
+
+    # SGD: Adam would hide a wrong gradient scale (it is invariant to it). The teacher's folded BatchNorm is not
+    # synchronized (docs/distributed.md), so the teacher runs without normalisation here.
+    common = TINY + ["train.optimizer=sgd", "train.learning_rate=0.5", "train.lr_schedule=constant",
+                     "teacher.normalization=false", "train.steps_per_epoch=1", "train.epochs=1"]
+    dist = make_distribution("mirrored")  # first: splits the CPU into AXIAL_KD_CPU_DEVICES logical devices
+    quiet = lambda line: None  # noqa: E731
+    results: dict = {"replicas": dist.num_replicas}
+
+    def one_step(setup, d) -> tuple:
+        cfg_batch = 8
+        ds = distributed_dataset(d, lambda b, shard: setup.data.train_dataset(
+            b, 0, None, True, shard=shard, global_batch=cfg_batch), cfg_batch)
+        hist = setup.trainer.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)
+        return weights_of(setup.trainer), float(hist.history["loss"][0])
+
+    from axial_kd_tf.distribute import Distribution
+    import tensorflow as tf
+
+    single = prepare(load_config("quickstart", common + ["train.sync_batchnorm=true"]), progress=quiet,
+                     dist=Distribution(tf.distribute.get_strategy(), "none"))
+    start = weights_of(single.trainer)
+    probe = single.data.train_images[:4], single.data.train_masks[:4].astype("int32")
+    diag_single = single.trainer.gradient_diagnostics(*probe)
+    w_single, loss_single = one_step(single, single.dist)
+    for sync in (True, False):
+        mirrored = prepare(load_config("quickstart", common + [f"train.sync_batchnorm={str(sync).lower()}",
+                                                                "train.distribute=mirrored"]), progress=quiet, dist=dist)
+        for var, value in zip(mirrored.trainer.weights, start):
+            var.assign(value)
+        if sync:
+            diag = mirrored.trainer.gradient_diagnostics(*probe)
+            results["diag_diff"] = max(abs(diag[k] - diag_single[k]) for k in diag_single)
+        w, loss = one_step(mirrored, dist)
+        key = "sync" if sync else "unsync"
+        results[f"{key}_max_diff"] = max(float(np.max(np.abs(a - b))) for a, b in zip(w, w_single))
+        results[f"{key}_loss_diff"] = abs(loss - loss_single)
+    results["update_size"] = max(float(np.max(np.abs(a - b))) for a, b in zip(w_single, start))
+    return results
+
+
+class _Kill(keras.callbacks.Callback):
+    """A real crash: SIGKILL this process after epoch ``n`` is committed (after the epoch backup)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if epoch + 1 == self.n:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _SaveWeights(keras.callbacks.Callback):
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def on_train_end(self, logs=None) -> None:
+        np.savez(self.path, *weights_of(self.model))
+
+
+def train(args: argparse.Namespace) -> dict:
+    from axial_kd_tf.config import load_config
+    from axial_kd_tf.pipeline import train as run
+
+    cfg = load_config("quickstart", TINY + list(args.set))
+    callbacks = [_SaveWeights(args.out)] + ([_Kill(args.kill_after)] if args.kill_after else [])
+    metrics = run(cfg, args.run_dir, resume=args.resume, progress=lambda line: print(line, flush=True),
+                  extra_callbacks=tuple(callbacks))
+    return {"chief": bool(metrics), "best_epoch": metrics.get("best_epoch")}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenario", choices=("equivalence", "train"))
+    parser.add_argument("run_dir", nargs="?")
+    parser.add_argument("out", nargs="?")
+    parser.add_argument("--kill-after", type=int, default=0)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--set", action="append", default=[])
+    args = parser.parse_args()
+    result = equivalence() if args.scenario == "equivalence" else train(args)
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
