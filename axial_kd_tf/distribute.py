@@ -34,6 +34,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import keras
 import tensorflow as tf
 
 from axial_kd_tf.errors import UserError
@@ -231,14 +232,16 @@ def synchronize_batchnorm(network: Any) -> int:
     """Make every ``BatchNormalization`` layer of ``network`` (nested models included) compute its batch statistics
     over the global batch (``synchronized=True``); returns how many. The flag only acts in training under a
     strategy, so inference, the saved ``.keras`` network and the TFLite export are unchanged."""
-    import keras
+    layers = batchnorm_layers(network)
+    for layer in layers:
+        layer.synchronized = True
+    return len(layers)
 
-    count = 0
-    for layer in network._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.synchronized = True
-            count += 1
-    return count
+
+def batchnorm_layers(model: Any) -> list:
+    """Every ``BatchNormalization`` layer of ``model``, nested models included."""
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def eval_steps(dist: Distribution, num_images: int, global_batch: int) -> Optional[int]:
@@ -252,17 +255,15 @@ def eval_steps(dist: Distribution, num_images: int, global_batch: int) -> Option
         return None
     per_replica = global_batch // dist.num_replicas
     local_replicas = max(dist.num_replicas // dist.num_workers, 1)
-    per_worker = -(-num_images // dist.num_workers)
-    return max(1, -(-(-(-per_worker // per_replica)) // local_replicas))
+    per_worker = _ceil_div(num_images, dist.num_workers)
+    return max(1, _ceil_div(_ceil_div(per_worker, per_replica), local_replicas))
 
 
-def _callback_base() -> type:
-    import keras
-
-    return keras.callbacks.Callback
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
 
 
-class AverageBatchNormStatistics(_callback_base()):
+class AverageBatchNormStatistics(keras.callbacks.Callback):
     """At every epoch end, set each BatchNormalization's moving mean and variance to their mean over the replicas.
 
     Keras 3 creates them with no aggregation, so under a strategy every replica keeps the statistics of its own share
@@ -277,11 +278,8 @@ class AverageBatchNormStatistics(_callback_base()):
         self._average: Optional[Callable] = None
 
     def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
-        import keras
-
         if self._average is None:
-            variables = [v for layer in self.model._flatten_layers(include_self=False, recursive=True)
-                         if isinstance(layer, keras.layers.BatchNormalization)
+            variables = [v for layer in batchnorm_layers(self.model)
                          for v in (layer.moving_mean, layer.moving_variance)]
 
             def replica() -> None:
