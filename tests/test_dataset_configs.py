@@ -14,7 +14,8 @@ TINY = ["train.epochs=1", "train.steps_per_epoch=1", "train.batch_size=2", "data
         "model.encoder=resnet18", "teacher.max_span=32", "export.enabled=false", "logging.tensorboard=false"]
 
 
-@pytest.mark.parametrize("config", ["drosophila", "covid"])
+# drosophila in the slow tier (the same code path as covid, ~35 s idle each)
+@pytest.mark.parametrize("config", [pytest.param("drosophila", marks=pytest.mark.slow), "covid"])
 def test_dataset_config_trains_and_evaluates(config, tmp_path, capsys):
     root = tmp_path / "data"
     if config == "drosophila":

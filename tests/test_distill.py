@@ -201,6 +201,7 @@ def test_exported_student_same_params_and_ops_as_baseline():
     assert not any("AXIAL" in o or o.startswith("CUSTOM") for o in ops_d)
 
 
+@pytest.mark.slow  # the optional segmentation_models library (~20 s idle)
 def test_wraps_a_segmentation_models_network():
     from axial_kd_tf.models.sm_library import build_sm_network
 

@@ -212,6 +212,7 @@ def test_two_workers_train_the_quickstart(tmp_path):
     assert max(float(np.abs(w0[k] - w1[k]).max()) for k in w0.files) < 1e-6
 
 
+@pytest.mark.slow  # two fresh training processes (~55 s idle); the default tier keeps the mirrored step's equality
 def test_resume_under_mirrored_after_a_kill(tmp_path):
     """SIGKILL after epoch 1 of 2 under mirrored (2 logical CPUs), then --resume: epoch 2 only is trained."""
     run = tmp_path / "run"

@@ -8,10 +8,10 @@ the run the README's quickstart command wrote (or a fresh folder for ``axial_kd_
 here are skipped with the reason listed in :data:`SKIPS`; a README command that matches no runner and no skip fails,
 so a new command gets a rule (and a test) when it is added.
 
-Two tiers. The default one also sets ``train.jit_compile=false`` (XLA compiles the quickstart's step for ~45 s on a
-2-core CPU), except for a command that changes the model (``--set model.*``), where XLA support is the question (the
-zoo example crashed there), and ``export.enabled=false`` except for the run that ``DIR`` stands for. The ``slow``
-tier runs each command with the config's own XLA and export settings.
+Two tiers. The default one also sets ``train.jit_compile=false`` (XLA compiles a training step for ~45 s or more on
+a 2-core CPU; XLA for every architecture is ``tests/test_xla.py``'s question) and ``export.enabled=false`` except for
+the run that ``DIR`` stands for. The ``slow`` tier runs each command with the config's own XLA and export settings
+(the zoo example there compiles its U-Net with XLA, which once crashed).
 """
 
 from __future__ import annotations
@@ -151,9 +151,7 @@ class Workdir:
             given = {argv[i + 1].split("=", 1)[0] for i, a in enumerate(argv) if a == "--set" and i + 1 < len(argv)}
             extra = dict(TINY)
             if self.fast:
-                extra.update({k: v for k, v in FAST.items()
-                              if not (k == "train.jit_compile" and any(g.startswith("model.") for g in given))
-                              and not (k == "export.enabled" and export)})
+                extra.update({k: v for k, v in FAST.items() if not (k == "export.enabled" and export)})
             tiny = [x for k, v in extra.items() if k not in given for x in ("--set", f"{k}={v}")]
             return argv[2:] + tiny, train_main
         if argv[:2] == ["python", "evaluate.py"]:
