@@ -555,8 +555,14 @@ def run_benchmark(args: argparse.Namespace, log: Log = print) -> dict:
     if args.isolation == "none":  # a process-isolated run never touches the device here
         device.setup()
         described = device.describe()
-    results = []
+    results: list[dict] = []
+    # Each finished cell is saved at once, so a run stopped by a time limit (a lent GPU's minutes) keeps what it measured.
+    partial = out.with_suffix(".partial.json")
     for i, cell in enumerate(cells, 1):
+        if results:
+            atomic_write_json(partial, {"benchmark": "teacher_gpu", "partial": True, "cells_total": len(cells),
+                                        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in
+                                                 vars(args).items()}, "device": described, "cells": results})
         what = "no teacher" if cell["pool"] is None else f"teacher pool {cell['pool']}"
         log(f"[cell {i}/{len(cells)}] {cell['arch']} {cell['size']}² ×{cell['batch']} {cell['precision']}, {what} "
             f"({time.time() - t_start:.0f} s elapsed)")
@@ -620,6 +626,7 @@ def run_benchmark(args: argparse.Namespace, log: Log = print) -> dict:
         *failures,
     ]
     write_report(out, payload, "\n".join(header) + "\n", wall, log)
+    partial.unlink(missing_ok=True)
     return payload
 
 

@@ -63,6 +63,34 @@ def _check_payload(payload: dict, out: Path, backend: str, pools: list[int]) -> 
             "peak memory base → teacher |") in md  # the issue's columns
 
 
+def test_finished_cells_are_saved_before_the_run_ends(tmp_path: Path, monkeypatch) -> None:
+    """A run stopped in its third cell (a lent GPU's time limit) leaves the two finished cells in
+    ``OUT.partial.json``; a run that ends writes its report and removes that file."""
+    bench = load_benchmark("teacher_gpu")
+    seen: list[dict] = []
+
+    def measure(cell, args, device, log):  # no network is built: only the bookkeeping is under test
+        if len(seen) == 2 and stop:
+            raise KeyboardInterrupt
+        seen.append(cell)
+        return {**cell, "error": f"out of memory: fake {len(seen)}"}
+
+    monkeypatch.setattr(bench, "measure_cell", measure)
+    out = tmp_path / "tg.json"
+    argv = [*TINY, "--pools", "1", "2", "--isolation", "none", "--out", str(out)]
+    stop = True
+    with pytest.raises(KeyboardInterrupt):
+        bench.run_benchmark(bench.parse_args(argv), log=lambda line: None)
+    partial = json.loads((tmp_path / "tg.partial.json").read_text())
+    assert partial["partial"] is True and partial["cells_total"] == 3 and not out.exists()
+    assert [(c["pool"], c["error"]) for c in partial["cells"]] == [(None, "out of memory: fake 1"),
+                                                                  (1, "out of memory: fake 2")]
+    seen.clear()
+    stop = False
+    payload = bench.run_benchmark(bench.parse_args(argv), log=lambda line: None)
+    assert out.exists() and not (tmp_path / "tg.partial.json").exists() and len(payload["rows"]) == 2
+
+
 @pytest.mark.slow  # ~60 s under load; the OOM patterns are checked in the default tier above
 def test_tensorflow_run_reports_an_out_of_memory_cell_in_its_row(tmp_path: Path, monkeypatch) -> None:
     bench = load_benchmark("teacher_gpu")
