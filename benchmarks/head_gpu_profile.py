@@ -19,7 +19,6 @@ TensorFlow): ``benchmarks/teacher_gpu.py`` is the whole-network benchmark on any
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -32,7 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import keras  # noqa: E402
 import torch  # noqa: E402
 
+from axial_kd_tf.errors import UserError  # noqa: E402
+from axial_kd_tf.io_utils import atomic_write_json  # noqa: E402
 from axial_kd_tf.layers import AxialTeacherHead  # noqa: E402
+from benchmarks._common import run_main  # noqa: E402
 
 
 def measure(size: int, pool: int, precision: str, profile_dir: Path | None) -> dict:
@@ -80,35 +82,44 @@ def measure(size: int, pool: int, precision: str, profile_dir: Path | None) -> d
     return row
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("out_dir")
-    p.add_argument("--sizes", default="256,512", help="comma separated (default: %(default)s)")
-    p.add_argument("--profile", default="256-1-float32",
-                   help="cells to profile, size-pool-precision, comma separated (default: %(default)s)")
-    args = p.parse_args()
+def _cell(row: dict) -> str:
+    what = "OOM | OOM" if "error" in row else f"{row['ms']:.1f} | {row['peak_gib']:.2f}"
+    return f"| {row['size']}² ×{row['batch']} | {row['pool']} | {row['precision']} | {what} |"
+
+
+def run_profile(args: argparse.Namespace) -> list[dict]:
+    """Measure (and profile) every cell of ``args``; write ``OUT_DIR/head.json``, print the table, return the rows."""
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        raise UserError(f"--sizes takes whole numbers, comma separated, got {args.sizes}") from None
     if not torch.cuda.is_available():
-        print("error: no CUDA device: this profile needs a GPU (benchmarks/teacher_gpu.py runs anywhere)")
-        return 2
+        raise UserError("no CUDA device: this profile needs a GPU (benchmarks/teacher_gpu.py runs anywhere)")
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     profiled = set(args.profile.split(","))
     rows = []
-    for size in (int(s) for s in args.sizes.split(",")):
+    for size in sizes:
         for pool in (1, 2):
             for precision in ("float32", "bfloat16"):
                 cell = f"{size}-{pool}-{precision}"
                 rows.append(measure(size, pool, precision, out if cell in profiled else None))
                 torch.cuda.empty_cache()
-    (out / "head.json").write_text(json.dumps(rows, indent=1))
+    atomic_write_json(out / "head.json", rows)
     print("| input | pool | precision | head step ms | head peak GiB |\n|---:|---:|:---|---:|---:|")
-    for r in rows:
-        print(f"| {r['size']}² ×{r['batch']} | {r['pool']} | {r['precision']} | "
-              f"{r.get('ms', float('nan')):.1f} | {r.get('peak_gib', float('nan')):.2f} |" if "error" not in r else
-              f"| {r['size']}² ×{r['batch']} | {r['pool']} | {r['precision']} | OOM | OOM |")
-    return 0
+    print("\n".join(_cell(r) for r in rows))
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("out_dir")
+    p.add_argument("--sizes", default="256,512", help="comma separated (default: %(default)s)")
+    p.add_argument("--profile", default="256-1-float32",
+                   help="cells to profile, size-pool-precision, comma separated (default: %(default)s)")
+    return run_main(p.parse_args(), run_profile)
 
 
 if __name__ == "__main__":

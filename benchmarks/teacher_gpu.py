@@ -556,13 +556,13 @@ def run_benchmark(args: argparse.Namespace, log: Log = print) -> dict:
         device.setup()
         described = device.describe()
     results: list[dict] = []
+    args_json = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     # Each finished cell is saved at once, so a run stopped by a time limit (a lent GPU's minutes) keeps what it measured.
     partial = out.with_suffix(".partial.json")
     for i, cell in enumerate(cells, 1):
         if results:
             atomic_write_json(partial, {"benchmark": "teacher_gpu", "partial": True, "cells_total": len(cells),
-                                        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in
-                                                 vars(args).items()}, "device": described, "cells": results})
+                                        "args": args_json, "device": described, "cells": results})
         what = "no teacher" if cell["pool"] is None else f"teacher pool {cell['pool']}"
         log(f"[cell {i}/{len(cells)}] {cell['arch']} {cell['size']}² ×{cell['batch']} {cell['precision']}, {what} "
             f"({time.time() - t_start:.0f} s elapsed)")
@@ -603,7 +603,7 @@ def run_benchmark(args: argparse.Namespace, log: Log = print) -> dict:
         "wall_time_s": wall,
         "machine": machine,
         "device": described,
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "args": args_json,
         "notes": notes,
         "summary": failures,
         "rows": rows,
