@@ -178,7 +178,7 @@ class TrainConfig:
     # Several devices or hosts (docs/distributed.md): TensorFlow's MirroredStrategy on this host's GPUs (or logical
     # CPUs), MultiWorkerMirroredStrategy across the hosts named in TF_CONFIG; auto = mirrored when > 1 GPU is visible.
     distribute: Literal["none", "auto", "mirrored", "multi_worker"] = "none"
-    # BatchNormalization(synchronized=True) in the student network: batch statistics over the global batch.
+    # BatchNormalization(synchronized=True) in the student and the teacher head: batch statistics over the global batch.
     sync_batchnorm: bool = False
 
 

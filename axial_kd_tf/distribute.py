@@ -38,6 +38,7 @@ import keras
 import tensorflow as tf
 
 from axial_kd_tf.errors import UserError
+from axial_kd_tf.layers.axial_attention import AxialAttention
 
 MODES = ("none", "auto", "mirrored", "multi_worker")
 CPU_DEVICES_ENV = "AXIAL_KD_CPU_DEVICES"
@@ -229,12 +230,17 @@ def scale_loss(loss: Any) -> Any:
 
 
 def synchronize_batchnorm(network: Any) -> int:
-    """Make every ``BatchNormalization`` layer of ``network`` (nested models included) compute its batch statistics
-    over the global batch (``synchronized=True``); returns how many. The flag only acts in training under a
-    strategy, so inference, the saved ``.keras`` network and the TFLite export are unchanged."""
+    """Make every ``BatchNormalization`` layer of ``network`` (nested models and the teacher head's axial passes
+    included) compute its batch statistics over the global batch (``synchronized=True``); returns how many. The flag
+    only acts in training under a strategy, so inference, the saved ``.keras`` network and the TFLite export are
+    unchanged. :class:`~axial_kd_tf.layers.AxialAttention` honours it on its folded BatchNorms, the closed-form
+    similarity moments included."""
     layers = batchnorm_layers(network)
     for layer in layers:
         layer.synchronized = True
+    for layer in network._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, AxialAttention):
+            layer.synchronized = True  # its get_config then says so
     return len(layers)
 
 

@@ -454,7 +454,7 @@ def prepare(cfg: Config, force: bool = False, progress: Progress = print, dist: 
     with dist.scope():  # variables, metrics and optimizer state are mirrored over the replicas
         model = build_model_from_config(cfg, data.num_classes, data.in_channels)
         if cfg.train.sync_batchnorm:
-            n_bn = synchronize_batchnorm(student_network(model))
+            n_bn = synchronize_batchnorm(model)  # the student's and the teacher head's
             progress(f"[model] {n_bn} BatchNormalization layers synchronized across replicas")
         trainer = make_trainer(cfg, model, data.class_names, spe * cfg.train.epochs)
         size = cfg.data.crop_size or min(data.train_images.shape[1:3])

@@ -39,10 +39,10 @@ def equivalence() -> dict:
     from axial_kd_tf.distribute import distributed_dataset, make_distribution
     from axial_kd_tf.training import prepare
 
-    # SGD: Adam would hide a wrong gradient scale (it is invariant to it). The teacher's folded BatchNorm is not
-    # synchronized (docs/distributed.md), so the teacher runs without normalisation here.
+    # SGD: Adam would hide a wrong gradient scale (it is invariant to it). The teacher head keeps its folded
+    # BatchNorms, so the synchronized step must also sum its closed-form similarity moments over the replicas.
     common = TINY + ["train.optimizer=sgd", "train.learning_rate=0.5", "train.lr_schedule=constant",
-                     "teacher.normalization=false", "train.steps_per_epoch=1", "train.epochs=1"]
+                     "train.steps_per_epoch=1", "train.epochs=1"]
     dist = make_distribution("mirrored")  # first: splits the CPU into AXIAL_KD_CPU_DEVICES logical devices
     quiet = lambda line: None  # noqa: E731
     results: dict = {"replicas": dist.num_replicas}
@@ -76,7 +76,62 @@ def equivalence() -> dict:
         results[f"{key}_max_diff"] = max(float(np.max(np.abs(a - b))) for a, b in zip(w, w_single))
         results[f"{key}_loss_diff"] = abs(loss - loss_single)
     results["update_size"] = max(float(np.max(np.abs(a - b))) for a, b in zip(w_single, start))
+    results.update(axial_layer_check(dist.strategy))
     return results
+
+
+def axial_layer_check(strategy) -> dict:
+    """One ``AxialAttention`` pass in training on a batch of 4, on one device and split 2 + 2 over the strategy's
+    replicas: the output, the summed weight gradients (relative to the largest gradient entry) and the moving statistics of all three folded BatchNorms
+    (the similarity one from the closed-form moments), as largest absolute differences from the one-device values,
+    with ``synchronized`` on and off."""
+    import tensorflow as tf
+
+    from axial_kd_tf.layers.axial_attention import AxialAttention
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(4, 6, 5, 3)) * [1.0, 3.0, 0.5] + [0.0, 2.0, -1.0]).astype("float32")
+    w = rng.normal(size=(4, 6, 5, 4)).astype("float32")
+    kwargs = dict(axis="height", num_heads=2, key_dim=2, value_dim=2, max_span=8)
+
+    def forward(layer, xs, ws):
+        with tf.GradientTape() as tape:
+            y = layer(xs, training=True)
+            loss = tf.reduce_sum(tf.cast(y, "float32") * ws)
+        return y, [tf.convert_to_tensor(g) for g in tape.gradient(loss, layer.trainable_weights)]  # dense tables
+
+    def stats(layer) -> list:
+        bns = (layer.qkv_norm, layer.similarity_norm, layer.output_norm)
+        return [np.asarray(v) for bn in bns for v in (bn.moving_mean, bn.moving_variance)]
+
+    ref = AxialAttention(synchronized=True, **kwargs)
+    ref.build(x.shape)
+    init = [np.asarray(v) for v in ref.weights]
+    y_ref, g_ref = forward(ref, tf.constant(x), tf.constant(w))
+    y_ref, g_ref, s_ref = np.asarray(y_ref), [np.asarray(g) for g in g_ref], stats(ref)
+    out: dict = {}
+    n = strategy.num_replicas_in_sync
+    share = len(x) // n
+    for sync in (True, False):
+        with strategy.scope():
+            layer = AxialAttention(synchronized=sync, **kwargs)
+            layer.build(x.shape)
+        for var, value in zip(layer.weights, init):
+            var.assign(value)
+        part = lambda a: strategy.experimental_distribute_values_from_function(  # noqa: E731
+            lambda ctx: tf.constant(a[ctx.replica_id_in_sync_group * share:(ctx.replica_id_in_sync_group + 1) * share]))
+        ys, gs = strategy.run(tf.function(lambda xs, ws: forward(layer, xs, ws)), args=(part(x), part(w)))
+        y = np.concatenate([np.asarray(t) for t in strategy.experimental_local_results(ys)])
+        g = [np.asarray(strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None)) for t in gs]
+        replica_stats = [[np.asarray(v) for v in strategy.experimental_local_results(var)]
+                         for bn in (layer.qkv_norm, layer.similarity_norm, layer.output_norm)
+                         for var in (bn.moving_mean, bn.moving_variance)]
+        key = "axial_sync" if sync else "axial_unsync"
+        out[f"{key}_output_diff"] = float(np.max(np.abs(y - y_ref)))
+        scale = max(float(np.max(np.abs(b))) for b in g_ref)  # some weights' gradients are round-off sized
+        out[f"{key}_grad_diff"] = max(float(np.max(np.abs(a - b))) for a, b in zip(g, g_ref)) / scale
+        out[f"{key}_stats_diff"] = max(float(np.max(np.abs(r - s))) for rs, s in zip(replica_stats, s_ref) for r in rs)
+    return out
 
 
 class _Kill(keras.callbacks.Callback):

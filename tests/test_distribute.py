@@ -158,8 +158,9 @@ def _result(stdout: str) -> dict:
 
 
 def test_mirrored_step_equals_one_device():
-    """Global batch 8: one SGD step on 2 replicas (4 images each, BatchNorm synchronized) equals one step on one
-    device; without synchronization the BatchNorm statistics (and so the step) differ, so the test can fail."""
+    """Global batch 8: one SGD step on 2 replicas (4 images each, BatchNorm synchronized, the teacher head's too)
+    equals one step on one device; without synchronization the BatchNorm statistics (and so the step) differ, so the
+    test can fail."""
     proc = subprocess.run([sys.executable, str(SCRIPT), "equivalence"], capture_output=True, text=True,
                           timeout=600, env=_env(AXIAL_KD_CPU_DEVICES="2"))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -169,6 +170,12 @@ def test_mirrored_step_equals_one_device():
     assert r["sync_max_diff"] < 1e-4 and r["sync_loss_diff"] < 1e-5, r
     assert r["unsync_max_diff"] > 1e-3, r
     assert r["diag_diff"] < 1e-5, r  # gradient diagnostics under the strategy
+    # One AxialAttention pass (the teacher head's layer) split over the replicas: synchronized, its output, weight
+    # gradients and the moving statistics of its folded BatchNorms (closed-form similarity moments included) are the
+    # one-device ones; unsynchronized they are not.
+    for what in ("output", "grad", "stats"):
+        assert r[f"axial_sync_{what}_diff"] < 1e-4, (what, r)
+        assert r[f"axial_unsync_{what}_diff"] > 1e-3, (what, r)
 
 
 def _free_ports(n: int) -> list[int]:

@@ -28,6 +28,10 @@ Design choices that differ from the public implementations (see ``shared/referen
   against the ``L`` table rows ``r^q_{p−o}`` (a contiguous window of the table), so the relative→absolute "skew"
   (pads and slices of ``2L²``-sized tensors, and their slow gradients) is replaced by one batched GEMM and one
   transpose; likewise ``k_p·r^k_{p−o}`` (per ``p``) and the retrieval ``Σ_p a_op r^v_{p−o}`` (per ``o``).
+* **Synchronized statistics.** ``synchronized=True`` (or ``synchronized`` set on the three BatchNorms, as
+  ``axial_kd_tf.distribute.synchronize_batchnorm`` does) computes every batch statistic over the global batch under
+  a TensorFlow distribution strategy, as ``keras.layers.BatchNormalization(synchronized=True)`` does: the closed-form
+  similarity moments are summed over the replicas before the mean and variance are taken. It acts in training only.
 * **At most 5-D.** No intermediate tensor exceeds 5 dimensions and every op lowers to a TFLite builtin.
 * With ``use_positional_encoding=False`` (and ``use_normalization=False``) the layer is plain multi-head scaled
   dot-product attention along the axis.
@@ -59,6 +63,8 @@ class AxialAttention(keras.layers.Layer):
         use_normalization: batch-normalise the qkv projection, the similarity terms and the retrieval terms
             (Axial-DeepLab). Off scales the similarity by ``1/sqrt(key_dim)`` instead.
         kernel_initializer: initializer of the qkv projection.
+        synchronized: batch statistics over the global batch under a TensorFlow distribution strategy (the
+            ``synchronized`` of ``keras.layers.BatchNormalization``: TensorFlow backend only, as there).
     """
 
     def __init__(
@@ -71,6 +77,7 @@ class AxialAttention(keras.layers.Layer):
         use_positional_encoding: bool = True,
         use_normalization: bool = True,
         kernel_initializer: Any = "glorot_uniform",
+        synchronized: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -88,6 +95,7 @@ class AxialAttention(keras.layers.Layer):
         self.use_positional_encoding = bool(use_positional_encoding)
         self.use_normalization = bool(use_normalization)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.synchronized = bool(synchronized)
         self.output_dim = self.num_heads * self.value_dim
         self.supports_masking = False
 
@@ -121,13 +129,12 @@ class AxialAttention(keras.layers.Layer):
             n_terms = 3 if self.use_positional_encoding else 1
             n_out = 2 if self.use_positional_encoding else 1
             # Folded BNs: each normalises a single axis (Keras 3 requirement).
-            self.qkv_norm = keras.layers.BatchNormalization(axis=-1, name="qkv_norm", dtype=self.dtype_policy)
+            bn = dict(dtype=self.dtype_policy, synchronized=self.synchronized)
+            self.qkv_norm = keras.layers.BatchNormalization(axis=-1, name="qkv_norm", **bn)
             self.qkv_norm.build((None, None, qkv_dim))
-            self.similarity_norm = keras.layers.BatchNormalization(
-                axis=1, name="similarity_norm", dtype=self.dtype_policy
-            )
+            self.similarity_norm = keras.layers.BatchNormalization(axis=1, name="similarity_norm", **bn)
             self.similarity_norm.build((None, n_terms * self.num_heads, None, None))
-            self.output_norm = keras.layers.BatchNormalization(axis=-1, name="output_norm", dtype=self.dtype_policy)
+            self.output_norm = keras.layers.BatchNormalization(axis=-1, name="output_norm", **bn)
             self.output_norm.build((None, None, n_out * self.output_dim))
         self.built = True
 
@@ -215,8 +222,12 @@ class AxialAttention(keras.layers.Layer):
                 s1.append(ops.sum(pos_sums[:, i] * w_sum[:, None, :], axis=(0, 2)))
                 block = pos_gram[:, i * hd : (i + 1) * hd, i * hd : (i + 1) * hd]  # [L, hd, hd]
                 s2.append(per_head_trace(block, ops.tile(w_gram, (1, h, h))))
-        mean = ops.concatenate(s1, axis=0) / count
-        variance = ops.maximum(ops.concatenate(s2, axis=0) / count - ops.square(mean), 0.0)
+        s1, s2 = ops.concatenate(s1, axis=0), ops.concatenate(s2, axis=0)
+        if self.similarity_norm.synchronized:
+            # Sums are additive over the replicas' shares of the batch, so the global moments are exact.
+            s1, s2, count = _replica_sum([s1, s2, count])
+        mean = s1 / count
+        variance = ops.maximum(s2 / count - ops.square(mean), 0.0)
         return ops.cast(mean, "float32"), ops.cast(variance, "float32")
 
     def call(self, inputs: Any, training: bool | None = None) -> Any:
@@ -331,8 +342,23 @@ class AxialAttention(keras.layers.Layer):
             use_positional_encoding=self.use_positional_encoding,
             use_normalization=self.use_normalization,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            synchronized=self.synchronized,
         )
         return config
+
+
+def _replica_sum(values: list) -> list:
+    """``values`` summed over the replicas of the current TensorFlow distribution strategy (as Keras' synchronized
+    ``ops.moments`` does: ``ReplicaContext.all_reduce``, whose gradient is the all-reduced gradient); unchanged
+    outside a replica context and on the jax and torch backends."""
+    if keras.backend.backend() != "tensorflow":
+        return values
+    import tensorflow as tf  # only on the TensorFlow backend: the layer stays importable without TensorFlow
+
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return values
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, values)
 
 
 def _shifted_gram(x: Any) -> tuple[Any, Any]:
