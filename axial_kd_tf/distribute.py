@@ -38,7 +38,6 @@ import keras
 import tensorflow as tf
 
 from axial_kd_tf.errors import UserError
-from axial_kd_tf.layers.axial_attention import AxialAttention
 
 MODES = ("none", "auto", "mirrored", "multi_worker")
 CPU_DEVICES_ENV = "AXIAL_KD_CPU_DEVICES"
@@ -235,12 +234,9 @@ def synchronize_batchnorm(network: Any) -> int:
     only acts in training under a strategy, so inference, the saved ``.keras`` network and the TFLite export are
     unchanged. :class:`~axial_kd_tf.layers.AxialAttention` honours it on its folded BatchNorms, the closed-form
     similarity moments included."""
-    layers = batchnorm_layers(network)
+    layers = batchnorm_layers(network)  # AxialAttention's folded BatchNorms included: they hold its flag
     for layer in layers:
         layer.synchronized = True
-    for layer in network._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, AxialAttention):
-            layer.synchronized = True  # its get_config then says so
     return len(layers)
 
 

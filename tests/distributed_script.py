@@ -82,9 +82,9 @@ def equivalence() -> dict:
 
 def axial_layer_check(strategy) -> dict:
     """One ``AxialAttention`` pass in training on a batch of 4, on one device and split 2 + 2 over the strategy's
-    replicas: the output, the summed weight gradients (relative to the largest gradient entry) and the moving statistics of all three folded BatchNorms
-    (the similarity one from the closed-form moments), as largest absolute differences from the one-device values,
-    with ``synchronized`` on and off."""
+    replicas: the output, the summed weight gradients (relative to the largest gradient entry) and the moving
+    statistics of all three folded BatchNorms (the similarity one from the closed-form moments), as largest absolute
+    differences from the one-device values, with ``synchronized`` on and off."""
     import tensorflow as tf
 
     from axial_kd_tf.layers.axial_attention import AxialAttention

@@ -143,6 +143,30 @@ def test_synchronized_batchnorm_exports_the_same_builtin_ops(tmp_path):
     assert not any(op.startswith(ex.CUSTOM_OP_PREFIX) or "Flex" in op for op in seqs[1])
 
 
+def test_axial_attention_holds_one_synchronized_flag():
+    """AxialAttention's flag is its folded BatchNorms' flag: set before build it reaches them, set on the layer
+    after build it moves them, and synchronize_batchnorm (which sets only BatchNorms) shows in its get_config."""
+    import keras
+
+    from axial_kd_tf.layers import AxialAttention
+
+    def norms(layer):
+        return [layer.qkv_norm.synchronized, layer.similarity_norm.synchronized, layer.output_norm.synchronized]
+
+    early = AxialAttention(axis="height", num_heads=1, key_dim=2, value_dim=2, max_span=4, synchronized=True)
+    early.build((None, 4, 4, 3))
+    assert norms(early) == [True] * 3 and early.get_config()["synchronized"] is True
+    early.synchronized = False
+    assert norms(early) == [False] * 3 and early.get_config()["synchronized"] is False
+
+    inputs = keras.Input((4, 4, 3))
+    layer = AxialAttention(axis="width", num_heads=1, key_dim=2, value_dim=2, max_span=4)
+    model = keras.Model(inputs, layer(inputs))
+    assert layer.get_config()["synchronized"] is False
+    assert synchronize_batchnorm(model) == 3
+    assert norms(layer) == [True] * 3 and layer.get_config()["synchronized"] is True
+
+
 # ------------------------------------------------------------------------------------------ fresh processes
 def _env(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "AXIAL_KD_CPU_DEVICES")}

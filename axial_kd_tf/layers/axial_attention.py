@@ -95,9 +95,24 @@ class AxialAttention(keras.layers.Layer):
         self.use_positional_encoding = bool(use_positional_encoding)
         self.use_normalization = bool(use_normalization)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.synchronized = bool(synchronized)
+        self._synchronized = bool(synchronized)
         self.output_dim = self.num_heads * self.value_dim
         self.supports_masking = False
+
+    @property
+    def synchronized(self) -> bool:
+        """Whether batch statistics are taken over the global batch. One flag, held by the folded BatchNorms once
+        they exist, so setting it on them (``synchronize_batchnorm``) or here says the same thing."""
+        norm = getattr(self, "similarity_norm", None)
+        return bool(norm.synchronized) if norm is not None else self._synchronized
+
+    @synchronized.setter
+    def synchronized(self, value: bool) -> None:
+        self._synchronized = bool(value)
+        for name in ("qkv_norm", "similarity_norm", "output_norm"):
+            norm = getattr(self, name, None)
+            if norm is not None:
+                norm.synchronized = self._synchronized
 
     # ------------------------------------------------------------------ build
     def build(self, input_shape: tuple) -> None:
@@ -129,7 +144,7 @@ class AxialAttention(keras.layers.Layer):
             n_terms = 3 if self.use_positional_encoding else 1
             n_out = 2 if self.use_positional_encoding else 1
             # Folded BNs: each normalises a single axis (Keras 3 requirement).
-            bn = dict(dtype=self.dtype_policy, synchronized=self.synchronized)
+            bn = dict(dtype=self.dtype_policy, synchronized=self._synchronized)
             self.qkv_norm = keras.layers.BatchNormalization(axis=-1, name="qkv_norm", **bn)
             self.qkv_norm.build((None, None, qkv_dim))
             self.similarity_norm = keras.layers.BatchNormalization(axis=1, name="similarity_norm", **bn)
