@@ -7,7 +7,10 @@ import csv
 import io
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -517,3 +520,21 @@ def test_cpu_shares_and_child_environment():
     assert env == {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "2", "OMP_NUM_THREADS": "2",
                    CPUS_ENV: "2,3"}
     assert child_env(None, {"A": "1"}) == {"A": "1"}
+
+
+def test_worker_imports_this_copy_of_the_package(tmp_path, monkeypatch):
+    """A worker started from any folder imports the runner's own axial_kd_tf (a worktree's, not an installed one):
+    the first PYTHONPATH entry is the folder that holds the package, not the package itself (which would also put
+    its modules, such as ``config`` or ``metrics``, on the path as top-level names)."""
+    import axial_kd_tf
+    from axial_kd_tf.experiments.runner import worker_env
+
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    env = worker_env()
+    first = env["PYTHONPATH"].split(os.pathsep)[0]
+    assert (Path(first) / "axial_kd_tf" / "__init__.py").is_file()
+    assert str(tmp_path) in env["PYTHONPATH"].split(os.pathsep)
+    code = "import axial_kd_tf, sys; print(axial_kd_tf.__file__); print(any(p.endswith('axial_kd_tf') for p in sys.path))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    assert Path(out[0]).resolve() == Path(axial_kd_tf.__file__).resolve() and out[1] == "False"

@@ -183,6 +183,18 @@ def run_in_process(item: PlannedRun, overlays: int) -> tuple[bool, str]:
         gc.collect()
 
 
+# The folder that holds the axial_kd_tf package: a worker imports this very copy, whatever its working directory.
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
+
+
+def worker_env(cpus: Optional[Sequence[int]] = None, device: Optional[str] = None) -> dict:
+    """The environment of one worker process: its CPU share or GPU (``child_env``), unbuffered output, and
+    :data:`PACKAGE_PARENT` first on ``PYTHONPATH``."""
+    env = child_env(cpus, dict(os.environ, PYTHONUNBUFFERED="1"), device=device)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_PARENT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
 def start_child(item: PlannedRun, overlays: int, done: "queue.Queue", key: Any,
                 cpus: Optional[Sequence[int]] = None, prefix: str = "", device: Optional[str] = None
                 ) -> StreamedProcess:
@@ -192,9 +204,7 @@ def start_child(item: PlannedRun, overlays: int, done: "queue.Queue", key: Any,
     one GPU it sees (``--devices``)."""
     payload = json.dumps({"spec": item.spec.to_dict(), "config": item.config.to_dict(), "run_dir": str(item.run_dir),
                           "overlays": overlays, **item.eval_options()})
-    package_parent = str(Path(__file__).resolve().parent.parent)
-    env = child_env(cpus, dict(os.environ, PYTHONUNBUFFERED="1"), device=device)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
+    env = worker_env(cpus, device)
     return StreamedProcess(key, [sys.executable, "-m", "axial_kd_tf.experiments", "--_worker", payload], env,
                            item.log, _log_header(item), done, prefix=prefix)
 
