@@ -305,6 +305,16 @@ def _check(cond: bool, key: str, message: str) -> None:
         raise UserError(f"config key '{key}' {message}")
 
 
+def check_crop_size(data: DataConfig, height: int, width: int) -> None:
+    """The one check of ``data.crop_size`` against the training images (``height`` × ``width``): the config does it
+    for ``synthetic`` (whose size it sets), :func:`axial_kd_tf.data.load_data` for every dataset once loaded."""
+    if data.crop_size is not None and data.crop_size > min(height, width):
+        where = f" in '{data.root}'" if data.root else ""
+        raise UserError(f"config key 'data.crop_size' ({data.crop_size}) is larger than the {height}x{width} "
+                        f"training images of data.dataset '{data.dataset}'{where}; lower it to at most "
+                        f"{min(height, width)} or set it to null")
+
+
 def _validate_ranges(cfg: Config) -> None:
     t, d, tr, e, lg, ds = cfg.teacher, cfg.distill, cfg.train, cfg.export, cfg.logging, cfg.data
     for key in ("hidden_dim", "num_heads", "max_span", "pool_size"):
@@ -326,11 +336,9 @@ def _validate_ranges(cfg: Config) -> None:
            "distill.class_weights", "must be a list of non-negative numbers, one per class")
     for key in ("image_size",):
         _check(getattr(ds, key) >= 8, f"data.{key}", "must be >= 8")
-    if ds.dataset == "synthetic":
-        _check(ds.crop_size is None or 8 <= ds.crop_size <= ds.image_size, "data.crop_size",
-               f"must be between 8 and data.image_size ({ds.image_size}) or null")
-    else:
-        _check(ds.crop_size is None or ds.crop_size >= 8, "data.crop_size", "must be >= 8 or null")
+    _check(ds.crop_size is None or ds.crop_size >= 8, "data.crop_size", "must be >= 8 or null")
+    if ds.dataset == "synthetic":  # its image size is known before loading: fail before any work
+        check_crop_size(ds, ds.image_size, ds.image_size)
     _check(0 <= ds.fold <= 4, "data.fold", "must be between 0 and 4 (the ssTEM protocol has 5 folds)")
     _check(ds.tile_size is None or ds.tile_size >= 8, "data.tile_size", "must be >= 8 or null")
     _check(ds.window is None or (len(ds.window) == 2 and all(isinstance(v, (int, float)) for v in ds.window)

@@ -84,6 +84,14 @@ def test_load_data_through_config_and_pipeline(root: Path) -> None:
     assert bundle.split("test")[0].shape == (2, 32, 32, 1)
 
 
+def test_crop_size_larger_than_the_slices_names_the_key(root: Path) -> None:
+    cfg = config_from_dict({"data": {"dataset": "covid", "root": str(root), "train_slices": 6, "val_slices": 2,
+                                     "crop_size": X + 8}})
+    with pytest.raises(UserError, match=f"'data.crop_size' \\({X + 8}\\) is larger than the {X}x{Y} training images "
+                                        "of data.dataset 'covid'"):
+        load_data(cfg)
+
+
 def _one_line(exc: pytest.ExceptionInfo) -> str:
     message = str(exc.value)
     assert "\n" not in message

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from axial_kd_tf.config import DataConfig, config_from_dict
+from axial_kd_tf.config import Config, DataConfig, config_from_dict
 from axial_kd_tf.data import load_data
 from axial_kd_tf.data import folders
 from axial_kd_tf.errors import UserError
@@ -264,7 +264,9 @@ def test_too_few_pairs_and_crop_too_large(tmp_path: Path) -> None:
     _make(tmp_path, _stems(1))
     _error(_cfg(tmp_path), r"only 1 image/mask pair\(s\)")
     _make(tmp_path, _stems(3))
-    _error(_cfg(tmp_path, crop_size=SIZE + 8), f"data.crop_size {SIZE + 8} is larger than the {SIZE}x{SIZE} images")
+    with pytest.raises(UserError, match=f"'data.crop_size' \\({SIZE + 8}\\) is larger than the {SIZE}x{SIZE} training "
+                                        f"images of data.dataset 'folders' in '{tmp_path}'; lower it to at most {SIZE}"):
+        load_data(Config(data=_cfg(tmp_path, crop_size=SIZE + 8)))
 
 
 def test_config_requires_root_and_value_map(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from axial_kd_tf.config import Config
+from axial_kd_tf.config import Config, check_crop_size
 from axial_kd_tf.errors import UserError
 
 
@@ -69,6 +69,12 @@ def load_data(cfg: Config) -> DataBundle:
     Each loader module (``sstem``, ``covid``, ``folders``) exposes ``load(data_config) -> DataBundle``: training
     arrays at full size (random crops are taken by the tf.data pipeline) and evaluation splits ``val`` / ``test``.
     """
+    bundle = _load(cfg)
+    check_crop_size(cfg.data, *bundle.train_images.shape[1:3])
+    return bundle
+
+
+def _load(cfg: Config) -> DataBundle:
     d = cfg.data
     if d.dataset == "synthetic":
         from axial_kd_tf.data import synthetic

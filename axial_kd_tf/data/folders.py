@@ -295,10 +295,6 @@ def load(cfg: DataConfig) -> DataBundle:
     ref = _Reference()
     arrays = {split: read_pairs(pairs, mapping, ref) for split, pairs in p.splits.items()}
     train_images, train_masks = arrays["train"]
-    h, w = train_images.shape[1:3]
-    if cfg.crop_size is not None and cfg.crop_size > min(h, w):
-        raise UserError(f"data.crop_size {cfg.crop_size} is larger than the {h}x{w} images in '{cfg.root}'; "
-                        f"lower it (at most {min(h, w)}) or set it to null")
     evals = {}
     for split in ("val", "test"):
         if split not in arrays:

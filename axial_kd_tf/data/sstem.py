@@ -108,9 +108,6 @@ def load(d: DataConfig) -> DataBundle:
         if split != "train" and d.tile_size is not None:
             images, masks = tiles(images, d.tile_size), tiles(masks, d.tile_size)
         arrays[split] = (images, masks)
-    if d.crop_size is not None and d.crop_size > min(shape[:2]):
-        raise UserError(f"config key 'data.crop_size' ({d.crop_size}) is larger than the ssTEM sections "
-                        f"({shape[0]}x{shape[1]})")
     return DataBundle(
         class_names=CLASS_NAMES,
         in_channels=1,
