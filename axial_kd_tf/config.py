@@ -77,14 +77,15 @@ class ModelConfig:
 
 @dataclass
 class TeacherConfig:
-    """The Axial-Attention teacher head (see :class:`axial_kd_tf.layers.AxialTeacherHead`)."""
+    """The Axial-Attention teacher head: its keys are :class:`axial_kd_tf.layers.AxialTeacherHead`'s arguments, so
+    the head is built straight from this section."""
 
     hidden_dim: int = 16
     num_heads: int = 1
     key_dim: Optional[int] = None
     max_span: int = 256
-    positional_encoding: bool = True
-    normalization: bool = True
+    use_positional_encoding: bool = True
+    use_normalization: bool = True
     pool_size: int = 1
     # true since the teacher study (docs/method.md): the teacher's CE reaching the student through the teacher's input
     # was what cost the rare classes (LinkNet synapse IoU 10.0 -> 2.9 attached, 12.5 detached; ssTEM, seed 1, val).
@@ -283,13 +284,36 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported annotation {tp!r} for {key}")
 
 
+# Keys renamed to match the arguments of what they build: old name -> new name. Configs and run folders written
+# before still load (with a warning); giving both names is an error.
+RENAMED_KEYS = {
+    "teacher.positional_encoding": "teacher.use_positional_encoding",
+    "teacher.normalization": "teacher.use_normalization",
+}
+
+
+def _renamed(data: dict, prefix: str) -> dict:
+    out = dict(data)
+    for old, new in RENAMED_KEYS.items():
+        section, _, old_key = old.rpartition(".")
+        new_key = new.rpartition(".")[2]
+        if f"{section}." != prefix or old_key not in out:
+            continue
+        if new_key in out:
+            raise UserError(f"config keys '{old}' and '{new}' are the same setting ('{old}' is its old name); "
+                            f"keep only '{new}'")
+        print(f"warning: config key '{old}' is now '{new}' (the layer's argument); rename it", file=sys.stderr)
+        out[new_key] = out.pop(old_key)
+    return out
+
+
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise UserError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
-    for key, value in data.items():
+    for key, value in _renamed(data, prefix).items():
         if key not in names:
             raise UserError(f"unknown config key '{prefix}{key}'{_suggest(str(key), names, prefix)}")
         tp = hints[key]

@@ -177,7 +177,7 @@ def estimate_memory(cfg: Config, network, train_hw: tuple[int, int], val_hw: Opt
             return 0.0
         return estimate_teacher_mb(hw[0], hw[1], batch, num_heads=t.num_heads, pool_size=t.pool_size,
                                    hidden_dim=t.hidden_dim, key_dim=t.key_dim, num_classes=k,
-                                   positional_encoding=t.positional_encoding,
+                                   use_positional_encoding=t.use_positional_encoding,
                                    bytes_per_float=bytes_per_float) * 2**20
 
     parts = {

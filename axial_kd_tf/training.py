@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
 
 import keras
@@ -85,13 +85,8 @@ def build_student_from_config(cfg: Config, num_classes: int, in_channels: int) -
 
 
 def teacher_kwargs(cfg: Config) -> dict:
-    t = cfg.teacher
-    return dict(
-        hidden_dim=t.hidden_dim, num_heads=t.num_heads, key_dim=t.key_dim, max_span=t.max_span,
-        use_positional_encoding=t.positional_encoding, use_normalization=t.normalization, pool_size=t.pool_size,
-        detach_input=t.detach_input, residual=t.residual, gate_init=t.gate_init, gate_trainable=t.gate_trainable,
-        num_blocks=t.num_blocks,
-    )
+    """``AxialTeacherHead``'s arguments: the ``teacher`` section as it is (its keys are the head's arguments)."""
+    return asdict(cfg.teacher)
 
 
 def build_model_from_config(cfg: Config, num_classes: int, in_channels: int) -> keras.Model:

@@ -454,7 +454,7 @@ def _roundtrip_variants():
     yield "custom", config_from_dict({
         "name": "custom run",
         "model": {"arch": "simple_unet", "encoder": "resnet18", "options": {"base_filters": 8, "nested": {"a": [1, 2]}}},
-        "teacher": {"hidden_dim": 24, "num_heads": 3, "key_dim": 4, "positional_encoding": False},
+        "teacher": {"hidden_dim": 24, "num_heads": 3, "key_dim": 4, "use_positional_encoding": False},
         "distill": {"target": "probabilities", "ignore_index": 0, "class_weights": [0.5, 1, 1, 2, 1e-3]},
         "data": {"image_size": 96, "crop_size": 64, "root": "/data/x", "augment": False},
         "train": {"learning_rate": 1e-5, "optimizer": "adamw", "weight_decay": 1e-4, "lr_schedule": "poly",
@@ -462,6 +462,30 @@ def _roundtrip_variants():
         "export": {"variants": ["float32", "float16", "int8"], "teacher": True, "input_size": 64},
         "logging": {"tensorboard": False, "verbose": 0},
     })
+
+
+def test_teacher_keys_are_the_head_arguments():
+    """The teacher section builds the head as it is: every key is an AxialTeacherHead argument."""
+    import inspect
+
+    from axial_kd_tf.layers import AxialTeacherHead
+    from axial_kd_tf.training import teacher_kwargs
+
+    cfg = config_from_dict({"teacher": {"use_positional_encoding": False, "num_blocks": 2}})
+    kwargs = teacher_kwargs(cfg)
+    inspect.signature(AxialTeacherHead).bind(num_classes=3, **kwargs)  # raises on a key the head does not take
+    head = AxialTeacherHead(num_classes=3, **kwargs)
+    assert head.use_positional_encoding is False and head.num_blocks == 2
+
+
+def test_renamed_teacher_keys_still_load_with_a_warning(capsys):
+    old = config_from_dict({"teacher": {"positional_encoding": False, "normalization": False}})
+    assert old == config_from_dict({"teacher": {"use_positional_encoding": False, "use_normalization": False}})
+    err = capsys.readouterr().err
+    assert "'teacher.positional_encoding' is now 'teacher.use_positional_encoding'" in err
+    assert "'teacher.normalization' is now 'teacher.use_normalization'" in err
+    msg = _error(config_from_dict, {"teacher": {"positional_encoding": False, "use_positional_encoding": True}})
+    assert "keep only 'teacher.use_positional_encoding'" in msg
 
 
 @pytest.mark.parametrize("label, cfg", list(_roundtrip_variants()), ids=lambda v: v if isinstance(v, str) else "")

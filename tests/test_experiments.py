@@ -522,6 +522,18 @@ def test_cpu_shares_and_child_environment():
     assert child_env(None, {"A": "1"}) == {"A": "1"}
 
 
+def test_study_config_keeps_the_digest_of_its_committed_records():
+    """Renamed keys (config.RENAMED_KEYS) and keys added later leave the study's digest as its records have it, so
+    new runs add to the same study instead of starting a second one."""
+    from axial_kd_tf.experiments.grid import config_digest
+
+    root = Path(__file__).resolve().parent.parent
+    records = json.loads((root / "docs" / "results" / "teacher_study.json").read_text())
+    newest = max(records, key=lambda r: r["date"])
+    cfg = load_config(root / "configs" / "studies" / "teacher_study.yaml")
+    assert config_digest(cfg.to_dict()) == newest["config_digest"]
+
+
 def test_worker_imports_this_copy_of_the_package(tmp_path, monkeypatch):
     """A worker started from any folder imports the runner's own axial_kd_tf (a worktree's, not an installed one):
     the first PYTHONPATH entry is the folder that holds the package, not the package itself (which would also put

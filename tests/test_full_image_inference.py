@@ -299,7 +299,7 @@ def test_estimate_teacher_mb():
     big = [estimate_teacher_mb(1024, 1024, pool_size=p) for p in (1, 2, 4)]
     assert big[0] / big[1] == pytest.approx(8, rel=0.1) and big[1] / big[2] == pytest.approx(8, rel=0.25)
     assert estimate_teacher_mb(64, 128) == estimate_teacher_mb(128, 64)
-    assert estimate_teacher_mb(64, 64, positional_encoding=False) < estimate_teacher_mb(64, 64)
+    assert estimate_teacher_mb(64, 64, use_positional_encoding=False) < estimate_teacher_mb(64, 64)
     head = AxialTeacherHead(5, hidden_dim=8, num_heads=2, pool_size=2)
     assert teacher_memory_mb(head, 96, 80) == estimate_teacher_mb(96, 80, num_heads=2, pool_size=2, hidden_dim=8,
                                                                   num_classes=5)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from axial_kd_tf import study
+from axial_kd_tf.config import RENAMED_KEYS, config_from_dict, first_difference, load_config
 from axial_kd_tf.errors import UserError
 from axial_kd_tf.variants import GRID_KEYS, Variant
 
@@ -201,7 +202,6 @@ def _set(raw: dict, dotted: str, value: Any) -> None:
 def run_config(base: dict, spec: RunSpec, set_fold: bool = True, set_seed: bool = True):
     """The run's :class:`Config`: base (already with ``--set`` overrides) + the variant's overrides (distill runs of a
     study) + arch, mode, fold and seeds."""
-    from axial_kd_tf.config import config_from_dict
 
     raw = json.loads(json.dumps(base))  # deep copy
     if spec.variant is not None and spec.mode == "distill":
@@ -228,6 +228,10 @@ def config_digest(raw: Mapping, reset: Optional[Mapping[str, Any]] = None) -> st
             _set(raw, key, json.loads(json.dumps(value)))
     for key in DIGEST_EXCLUDED:
         _pop(raw, key)
+    for old_name, new_name in RENAMED_KEYS.items():  # hashed under the names earlier records were digested with
+        section, _, key = new_name.partition(".")
+        if key in raw.get(section, {}):
+            raw[section][old_name.partition(".")[2]] = raw[section].pop(key)
     for key, default in DIGEST_OMITTED_AT_DEFAULT.items():
         section, _, name = key.partition(".")
         if raw.get(section, {}).get(name, default) == default:
@@ -282,7 +286,6 @@ def check_existing(run_dir: Path, cfg, state: str, identity: Sequence[str] = ())
     """
     if state not in ("resume", "evaluate"):
         return ""
-    from axial_kd_tf.config import first_difference, load_config
 
     saved = load_config(run_dir / "config.yaml").to_dict()
     expected = cfg.to_dict()

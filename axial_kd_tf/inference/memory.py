@@ -21,7 +21,7 @@ def estimate_teacher_mb(
     hidden_dim: int = 16,
     key_dim: Optional[int] = None,
     num_classes: int = 5,
-    positional_encoding: bool = True,
+    use_positional_encoding: bool = True,
     bytes_per_float: int = 4,
 ) -> float:
     """Estimated peak memory (MiB) of one :class:`~axial_kd_tf.layers.AxialTeacherHead` call in inference.
@@ -40,11 +40,11 @@ def estimate_teacher_mb(
     heads = max(int(num_heads), 1)
     dk = int(key_dim) if key_dim else max(hidden_dim // heads // 2, 1)
     dv = max(hidden_dim // heads, 1)
-    live = 6 if positional_encoding else 3
+    live = 6 if use_positional_encoding else 3
     passes = []
     for length, other in ((hp, wp), (wp, hp)):
         square = batch * other * heads * length * length
-        tables = length * length * (3 * dk + dv) if positional_encoding else 0
+        tables = length * length * (3 * dk + dv) if use_positional_encoding else 0
         rows = batch * other * length * heads * (4 * dk + 3 * dv)  # q, k, v, qkv and the outputs
         passes.append(live * square + tables + rows)
     full = batch * int(height) * int(width) * (2 * num_classes + hidden_dim) + batch * hp * wp * hidden_dim * 2
@@ -56,7 +56,7 @@ def teacher_memory_mb(head, height: int, width: int, batch: int = 1) -> float:
     dtype = getattr(getattr(head, "dtype_policy", None), "compute_dtype", "float32")
     return estimate_teacher_mb(
         height, width, batch, num_heads=head.num_heads, pool_size=head.pool_size, hidden_dim=head.hidden_dim,
-        key_dim=head.key_dim, num_classes=head.num_classes, positional_encoding=head.use_positional_encoding,
+        key_dim=head.key_dim, num_classes=head.num_classes, use_positional_encoding=head.use_positional_encoding,
         bytes_per_float=np.dtype(dtype).itemsize if dtype != "bfloat16" else 2,
     )
 
