@@ -60,7 +60,15 @@ def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+def _config_dir() -> Path:
+    """The shipped configs: ``axial_kd_tf/configs`` in an installed wheel (package data), else the checkout's
+    ``configs/`` beside the package (a source tree or an editable install)."""
+    here = Path(__file__).resolve().parent
+    shipped = here / "configs"
+    return shipped if shipped.is_dir() else here.parent / "configs"
+
+
+CONFIG_DIR = _config_dir()
 
 
 @dataclass
