@@ -111,7 +111,7 @@ class DistillationTrainer(keras.Model):
     ``argmax_disagreement`` (share of pixels whose class differs between the two outputs), ``distill_mask_share``
     (share of pixels distilled) and ``distill_weight`` (the ramped ``w_d``). :meth:`gradient_diagnostics` gives the
     share of the student's gradient that comes from the distillation term (logged per epoch by
-    ``training.TeacherDiagnostics``).
+    ``callbacks.TeacherDiagnostics``).
 
     Per DEVELOPERS.md, a Model subclass wrapping a functional model does not reload from ``.keras``: checkpoint this
     trainer's weights (``save_weights``) and save ``self.network`` (a plain functional model) for deployment.

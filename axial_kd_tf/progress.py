@@ -1,7 +1,7 @@
 """Progress within an epoch, so that a long epoch is never silent.
 
 On a terminal, a Keras-style bar redrawn in place (step, loss terms, elapsed and ETA), cleared before the epoch's own
-summary line (:class:`axial_kd_tf.training.EpochProgress`). Otherwise (a log file, a pipe, a notebook cell, a worker
+summary line (:class:`axial_kd_tf.callbacks.EpochProgress`). Otherwise (a log file, a pipe, a notebook cell, a worker
 of ``axial_kd_tf.experiments``) one line every ``every`` seconds, so logs stay readable.
 """
 

@@ -439,3 +439,15 @@ def load_benchmark(name: str) -> ModuleType:
     sys.modules[spec.name] = module  # dataclasses and pickling look the module up by name
     spec.loader.exec_module(module)
     return module
+
+
+class InterruptAfterEpoch(keras.callbacks.Callback):
+    """Crash simulator: raise KeyboardInterrupt after epoch ``n`` (1-based) ends."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        if epoch + 1 == self.n:
+            raise KeyboardInterrupt(f"simulated interruption after epoch {self.n}")

@@ -240,7 +240,7 @@ def test_trained_run_is_only_evaluated(grid, tiny_yaml, tmp_path):
 
 def test_interrupted_run_made_by_train_py_is_resumed(tiny_yaml, tmp_path):
     from axial_kd_tf.pipeline import train
-    from axial_kd_tf.training import InterruptAfterEpoch
+    from helpers import InterruptAfterEpoch
 
     # what `python train.py --config tiny.yaml --set model.arch=... --set distill.enabled=false --run-dir ...` writes
     run = tmp_path / "tiny" / "runs" / ARCH / "baseline" / "fold0-seed0"

@@ -32,7 +32,7 @@ from axial_kd_tf.config import load_config
 from axial_kd_tf.distill import DistillationTrainer
 from axial_kd_tf.errors import UserError
 from axial_kd_tf.pipeline import train
-from axial_kd_tf.training import InterruptAfterEpoch
+from helpers import InterruptAfterEpoch
 
 REPO = Path(__file__).resolve().parent.parent
 

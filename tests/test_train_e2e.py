@@ -12,7 +12,7 @@ import tensorflow as tf
 from axial_kd_tf.cli import evaluate_main, export_main
 from axial_kd_tf.config import load_config
 from axial_kd_tf.pipeline import train
-from axial_kd_tf.training import InterruptAfterEpoch
+from helpers import InterruptAfterEpoch
 
 TINY = [
     "data.image_size=32", "data.train_samples=8", "data.val_samples=4", "data.test_samples=4",
@@ -77,7 +77,7 @@ def test_history_has_the_teacher_diagnostics(distill_run):
 
 
 def test_class_watch_warns_when_a_class_collapses():
-    from axial_kd_tf.training import ClassWatch
+    from axial_kd_tf.callbacks import ClassWatch
 
     lines = []
     watch = ClassWatch(("a", "b"), progress=lines.append)
