@@ -268,7 +268,7 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
     quiet.import_tensorflow(args.verbose)
 
     from axial_kd_tf.config import config_from_dict
-    from axial_kd_tf.rundir import RunLock
+    from axial_kd_tf.runlock import RunLock
     from axial_kd_tf.pipeline import export_run
     from axial_kd_tf.rundir import load_run_config
 

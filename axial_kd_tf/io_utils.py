@@ -226,3 +226,11 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> None:
     except OSError as exc:
         verb = "write into" if anchor == Path(os.path.abspath(p)) else "create"
         raise UserError(f"cannot {verb} {what} '{p}': {exc.strerror or exc} ('{anchor}')") from None
+
+
+def read_json(path: Path) -> Optional[Any]:
+    """The JSON content of ``path``; None when it is missing, unreadable or not JSON (a truncated write)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

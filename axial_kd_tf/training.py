@@ -48,7 +48,6 @@ from axial_kd_tf.io_utils import atomic_write_json, check_writable_dir
 from axial_kd_tf.preflight import check_input_sizes, check_memory, data_nbytes, estimate_memory
 from axial_kd_tf.rundir import (
     EpochBackup,
-    check_unlocked,
     epoch_base,
     history_rows,
     is_empty_dir,
@@ -62,6 +61,7 @@ from axial_kd_tf.rundir import (
     truncate_history,
     write_trained,
 )
+from axial_kd_tf.runlock import check_unlocked
 from axial_kd_tf.xla import resolve_jit_compile
 
 Progress = Callable[[str], None]

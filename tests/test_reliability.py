@@ -125,7 +125,7 @@ def _newest_backup(run: Path) -> Path:
 
 
 def _lock_of(pid: int) -> str:
-    from axial_kd_tf.rundir import _process_start
+    from axial_kd_tf.runlock import _process_start
 
     return json.dumps({"pid": pid, "host": socket.gethostname(), "start": _process_start(pid), "since": "earlier"})
 
@@ -478,7 +478,7 @@ def test_a_second_writer_gets_one_line(tmp_path: Path, interrupted: Path, refere
 
 
 def test_lock_takes_over_a_stale_lock_and_releases_its_own(tmp_path: Path):
-    from axial_kd_tf.rundir import LOCK_NAME, RunLock
+    from axial_kd_tf.runlock import LOCK_NAME, RunLock
 
     (tmp_path / LOCK_NAME).write_text(_lock_of(pid := _dead_pid()))
     notes: list[str] = []
