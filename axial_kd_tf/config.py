@@ -4,16 +4,14 @@
 * Wrong types and out-of-range values are rejected with the dotted key named.
 * ``--set section.key=value`` overrides are parsed as YAML scalars (``3``, ``1e-3``, ``true``, ``[float32, int8]``).
 
-All errors are :class:`axial_kd_tf.errors.UserError` with a one-line message.
+All errors are :class:`axial_kd_tf.errors.UserError` with a one-line message. This module is the schema (one
+dataclass per section), its checks and the config files (``base:`` inheritance, ``--set``, the shipped ``configs/``);
+the YAML reader and the typed dataclass builder underneath are :mod:`axial_kd_tf.typed_yaml`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import re
-import sys
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,42 +20,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from axial_kd_tf.errors import UserError
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads YAML 1.2 floats without a dot (``1e-3``, ``5E4``), which YAML 1.1 reads as strings,
-    and rejects a key given twice in one mapping (PyYAML silently keeps the last)."""
-
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
-        if isinstance(node, yaml.MappingNode):
-            seen: dict = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *anchor`` may repeat keys on purpose
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.setdefault(key, key_node)
-                except TypeError:  # an unhashable key: the base class words that error
-                    continue
-                if first is not key_node:
-                    raise yaml.constructor.ConstructorError(
-                        None, None,
-                        f"key '{key}' appears twice (first on line {first.start_mark.line + 1}); keep one",
-                        key_node.start_mark,
-                    )
-        return super().construct_mapping(node, deep=deep)
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def yaml_load(text: str) -> Any:
-    """Parse YAML like ``yaml.safe_load``, but with ``1e-3`` read as a float."""
-    return yaml.load(text, Loader=_Loader)
+from axial_kd_tf.typed_yaml import build_dataclass, read_yaml_mapping, yaml_load
 
 
 def _config_dir() -> Path:
@@ -230,106 +193,12 @@ class Config:
         return self
 
 
-# ---------------------------------------------------------------------------------------------------------- parsing
-def _suggest(key: str, valid: typing.Iterable[str], prefix: str = "") -> str:
-    valid = list(valid)
-    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    return f"; did you mean '{prefix}{match[0]}'?" if match else f"; valid keys: {', '.join(prefix + v for v in sorted(valid))}"
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it (ints are accepted where floats are expected)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except UserError:
-                pass
-        raise UserError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise UserError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}{_suggest(str(value), map(str, typing.get_args(tp)))}".replace("valid keys", "valid values"))
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"config key '{key}' must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"config key '{key}' must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"config key '{key}' must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise UserError(f"config key '{key}' must be a string, got {value!r}")
-        return value
-    if tp is list:
-        if not isinstance(value, list):
-            raise UserError(f"config key '{key}' must be a list, got {value!r}")
-        return value
-    if tp is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"config key '{key}' must be a mapping, got {value!r}")
-        return value
-    raise TypeError(f"unsupported annotation {tp!r} for {key}")
-
-
 # Keys renamed to match the arguments of what they build: old name -> new name. Configs and run folders written
 # before still load (with a warning); giving both names is an error.
 RENAMED_KEYS = {
     "teacher.positional_encoding": "teacher.use_positional_encoding",
     "teacher.normalization": "teacher.use_normalization",
 }
-
-
-def _renamed(data: dict, prefix: str) -> dict:
-    out = dict(data)
-    for old, new in RENAMED_KEYS.items():
-        section, _, old_key = old.rpartition(".")
-        new_key = new.rpartition(".")[2]
-        if f"{section}." != prefix or old_key not in out:
-            continue
-        if new_key in out:
-            raise UserError(f"config keys '{old}' and '{new}' are the same setting ('{old}' is its old name); "
-                            f"keep only '{new}'")
-        print(f"warning: config key '{old}' is now '{new}' (the layer's argument); rename it", file=sys.stderr)
-        out[new_key] = out.pop(old_key)
-    return out
-
-
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise UserError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in _renamed(data, prefix).items():
-        if key not in names:
-            raise UserError(f"unknown config key '{prefix}{key}'{_suggest(str(key), names, prefix)}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value if value is not None else {}, f"{prefix}{key}.")
-        else:
-            kwargs[key] = _coerce(value, tp, f"{prefix}{key}")
-    return cls(**kwargs)
 
 
 def _check(cond: bool, key: str, message: str) -> None:
@@ -446,24 +315,7 @@ def apply_override(raw: dict, assignment: str) -> None:
 
 
 def config_from_dict(raw: dict) -> Config:
-    return _build(Config, raw or {}, "").validate()
-
-
-def _read_yaml(p: Path) -> dict:
-    try:
-        raw = yaml_load(p.read_text(encoding="utf-8"))
-        if raw is None:  # empty, or comments only: legal, but most likely the wrong file
-            print(f"warning: config file '{p}' is empty; every key keeps its default", file=sys.stderr)
-            raw = {}
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read config file '{p}': {type(exc).__name__}: {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"config file '{p}' is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"config file '{p}' must contain a mapping of sections (model:, train:, ...)")
-    return raw
+    return build_dataclass(Config, raw or {}, "", RENAMED_KEYS).validate()
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -482,7 +334,7 @@ def read_config_file(path: str | Path, _seen: tuple = ()) -> dict:
     p = resolve_config_path(path).resolve()
     if p in _seen:
         raise UserError(f"config file '{p}' includes itself through 'base:'; remove the cycle")
-    raw = _read_yaml(p)
+    raw = read_yaml_mapping(p)
     base = raw.pop("base", None)
     if base is None:
         return raw

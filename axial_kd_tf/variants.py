@@ -30,6 +30,7 @@ import yaml
 
 from axial_kd_tf.errors import UserError
 from axial_kd_tf.io_utils import read_user_text
+from axial_kd_tf.typed_yaml import yaml_load
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.=+-]*"
 _NAME_RE = re.compile(NAME_PATTERN + r"\Z")
@@ -170,7 +171,6 @@ def _check_name(name: Any, where: str) -> str:
 
 def load_variants_file(path: str | Path) -> list[tuple[str, tuple]]:
     """``name: {dotted.key: value}`` mappings of a YAML file as ``(name, overrides)`` pairs, in file order."""
-    from axial_kd_tf.config import yaml_load
 
     p = Path(path)
     where = f"variants file '{path}'"
