@@ -260,7 +260,7 @@ def test_non_builtin_op_fails_loudly(tmp_path):
     with pytest.raises(ex.TFLiteConversionError, match="FFT2D"):
         ex.convert_tflite(net, (8, 8, 1))
     # With Flex allowed (what keras' model.export(format="litert") does) it converts, and tflite_op_names shows it.
-    ex.convert._write_serving_archive(net, tmp_path / "sm", (1, 8, 8, 1))
+    ex.saved_model.write_serving_archive(net, tmp_path / "sm", (1, 8, 8, 1))
     converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "sm"))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
     assert "CUSTOM:FlexFFT2D" in ex.tflite_op_names(converter.convert())
