@@ -90,6 +90,18 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
 
 
+# Plain annotations: the Python types a YAML value may have for each, and how an error names it (an int is
+# accepted where a float is expected; a bool is neither).
+_PLAIN: dict = {
+    bool: (bool, "true or false"),
+    int: (int, "an integer"),
+    float: ((int, float), "a number"),
+    str: (str, "a string"),
+    list: (list, "a list"),
+    dict: (dict, "a mapping"),
+}
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; return it (ints are accepted where floats are expected)."""
     origin = typing.get_origin(tp)
@@ -109,31 +121,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value not in typing.get_args(tp):
             raise UserError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}{_suggest(str(value), map(str, typing.get_args(tp)))}".replace("valid keys", "valid values"))
         return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"config key '{key}' must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"config key '{key}' must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"config key '{key}' must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise UserError(f"config key '{key}' must be a string, got {value!r}")
-        return value
-    if tp is list:
-        if not isinstance(value, list):
-            raise UserError(f"config key '{key}' must be a list, got {value!r}")
-        return value
-    if tp is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"config key '{key}' must be a mapping, got {value!r}")
-        return value
-    raise TypeError(f"unsupported annotation {tp!r} for {key}")
+    if tp not in _PLAIN:
+        raise TypeError(f"unsupported annotation {tp!r} for {key}")
+    accepts, words = _PLAIN[tp]
+    if isinstance(value, bool) is not (tp is bool) or not isinstance(value, accepts):  # bool is an int in Python
+        raise UserError(f"config key '{key}' must be {words}, got {value!r}")
+    return float(value) if tp is float else value
 
 
 def _renamed(data: dict, prefix: str, renamed: Mapping[str, str]) -> dict:
