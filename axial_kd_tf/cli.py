@@ -7,69 +7,26 @@ without a traceback.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from axial_kd_tf import quiet  # before TensorFlow loads: its C++ log level (start-up chatter hidden, --verbose)
+from axial_kd_tf.commands import VERBOSE_HELP, Parser, guard
 from axial_kd_tf.errors import UserError
 
 
-_Main = Callable[[Optional[Sequence[str]]], int]
-
-
-def _guard(main: Optional[_Main] = None, *,
-           interrupted: str = "rerun the same command with --resume to continue") -> _Main | Callable[[_Main], _Main]:
-    """Decorate a ``main(argv) -> int``: a UserError prints ``error: ...`` and returns 2, Ctrl-C prints
-    ``interrupted: <interrupted>`` and returns 130. ``@_guard`` or ``@_guard(interrupted="...")``."""
-    if main is None:
-        return lambda fn: _guard(fn, interrupted=interrupted)
-
-    def wrapped(argv: Optional[Sequence[str]] = None) -> int:
-        try:
-            return main(argv)
-        except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        except OSError as exc:  # a path the user named cannot be written (read-only, full, a file in the way)
-            from axial_kd_tf.io_utils import DISK_FULL_ERRNOS, UNWRITABLE_ERRNOS, disk_full_error, is_disk_full
-
-            if is_disk_full(exc):
-                print(f"error: {disk_full_error(exc.filename)}", file=sys.stderr)
-                return 2
-            if exc.errno not in UNWRITABLE_ERRNOS | DISK_FULL_ERRNOS or not exc.filename:
-                raise
-            print(f"error: cannot use '{exc.filename}': {exc.strerror}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print(f"interrupted: {interrupted}", file=sys.stderr)
-            return 130
-
-    wrapped.__name__ = main.__name__
-    return wrapped
-
-
-_VERBOSE_HELP = "show TensorFlow's start-up and C++ log messages (hidden by default)"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse exits with 2 too; keep it to one line
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 # ---------------------------------------------------------------------------------------------------------- train
-@_guard
+@guard
 def train_main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = _Parser(prog="train.py", description="Train a segmentation network with Axial-Attention self-distillation.")
+    parser = Parser(prog="train.py", description="Train a segmentation network with Axial-Attention self-distillation.")
     parser.add_argument("--config", required=True, help="YAML config path, or a name under configs/ (e.g. quickstart)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.epochs=3 (repeatable)")
     parser.add_argument("--run-dir", help="output folder (default: runs/<name>-<timestamp>)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --run-dir")
-    parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     parser.add_argument("--force", action="store_true",
                         help="start even when the memory estimate exceeds what the machine has (a warning instead)")
     args = parser.parse_args(argv)
@@ -97,9 +54,9 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------- evaluate
-@_guard
+@guard
 def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = _Parser(prog="evaluate.py", description="Per-class IoU / mIoU of a run or a saved model, with overlays. "
+    parser = Parser(prog="evaluate.py", description="Per-class IoU / mIoU of a run or a saved model, with overlays. "
                      "By default the split is evaluated as the data loader provides it (the protocol's test tiles, "
                      "comparable with the paper); see docs/inference.md for whole-image inference.")
     src = parser.add_mutually_exclusive_group(required=True)
@@ -126,7 +83,7 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--max-student-mb", type=float, metavar="MB",
                         help="memory budget of one network call (activation-sum estimate); above it the image runs "
                         "in a sliding window (default: no limit)")
-    parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     args = parser.parse_args(argv)
     _check_inference_args(args)
     quiet.import_tensorflow(args.verbose)
@@ -255,15 +212,15 @@ def _find_run_dir(path: Path) -> Optional[Path]:
 
 
 # --------------------------------------------------------------------------------------------------------- export
-@_guard
+@guard
 def export_main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = _Parser(prog="python -m axial_kd_tf.export", description="Export a run's student (and teacher).")
+    parser = Parser(prog="python -m axial_kd_tf.export", description="Export a run's student (and teacher).")
     parser.add_argument("--run", required=True, help="a run directory written by train.py")
     parser.add_argument("--variants", nargs="+", choices=("float32", "float16", "int8"),
                         help="TFLite variants (default: the run's export.variants)")
     parser.add_argument("--teacher", action="store_true", help="also export the teacher")
     parser.add_argument("--input-size", type=int, help="fixed export input size (default: training crop)")
-    parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     args = parser.parse_args(argv)
     quiet.import_tensorflow(args.verbose)
 

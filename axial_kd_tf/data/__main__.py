@@ -13,14 +13,14 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from axial_kd_tf.cli import _guard, _Parser
+from axial_kd_tf.commands import Parser, guard
 from axial_kd_tf.errors import UserError
 
 PROG = "python -m axial_kd_tf.data"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Download, verify and describe the public datasets (sstem, covid), or "
+    parser = Parser(prog=PROG, description="Download, verify and describe the public datasets (sstem, covid), or "
                      "write a synthetic covid phantom. "
                      "The default folder is $AXIAL_KD_DATA_DIR/<name>, else ~/.cache/axial_kd_tf/<name>, which is "
                      "where data.root: null looks.")
@@ -112,7 +112,7 @@ def _phantom(name: str, folder: Path, slices: int, size: int, seed: int, overwri
     print(f"train on it: {_train_command(root, slices, size)}")
 
 
-@_guard(interrupted="re-run the same command (a download resumes where it stopped)")
+@guard(interrupted="re-run the same command (a download resumes where it stopped)")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from axial_kd_tf.data import download as dl
 

@@ -16,7 +16,7 @@ from typing import Mapping, Optional, Sequence
 
 from axial_kd_tf import quiet  # sets TensorFlow's C++ log level before it loads
 from axial_kd_tf import study
-from axial_kd_tf.cli import _Parser, _guard
+from axial_kd_tf.commands import Parser, guard
 from axial_kd_tf.errors import UserError
 from axial_kd_tf.parallel import console_lock, cpu_shares, gpu_slots
 from axial_kd_tf.variants import build_variants, validate_variants
@@ -82,7 +82,7 @@ def estimate_eta(kinds: Sequence[str], durations: Mapping[str, Sequence[float]],
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m axial_kd_tf.experiments",
+    p = Parser(prog="python -m axial_kd_tf.experiments",
                 description="Train and evaluate the paper's grid: architectures × {without, with} × folds × seeds.")
     p.add_argument("--config", required=True, help="base YAML config (path or name under configs/)")
     p.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up and C++ log messages")
@@ -351,7 +351,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     return 0
 
 
-@_guard
+@guard
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point (exit code 2 with one line ``error: ...`` on bad input, 1 when a run failed, 130 on Ctrl-C)."""
     try:

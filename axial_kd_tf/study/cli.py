@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from axial_kd_tf.cli import _Parser, _guard
+from axial_kd_tf.commands import Parser, guard
 from axial_kd_tf.errors import UserError
 from axial_kd_tf.io_utils import atomic_write_json, atomic_write_text, read_user_text
 from axial_kd_tf.study.docs import update_docs
@@ -18,10 +18,10 @@ from axial_kd_tf.study.records import SPLITS, load_records
 from axial_kd_tf.study.summary import select_records, summarize
 
 # --------------------------------------------------------------------------------------------------------- CLI
-def build_parser() -> _Parser:
-    p = _Parser(prog="python -m axial_kd_tf.study",
+def build_parser() -> Parser:
+    p = Parser(prog="python -m axial_kd_tf.study",
                 description="Statistics and reports of a study's run records (written by the runner's --record).")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     rep = sub.add_parser("report", help="tables, plot and JSON summary of one split")
     doc = sub.add_parser("docs", help="regenerate <!-- BEGIN generated:NAME --> blocks in Markdown files")
     for q in (rep, doc):
@@ -99,7 +99,7 @@ def _curves(args: Any) -> int:
     return 0
 
 
-@_guard
+@guard
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point: exit code 2 with one line ``error: ...`` on bad input."""
     return _main(argv)
