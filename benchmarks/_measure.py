@@ -223,7 +223,7 @@ def estimate_teacher_bytes(cfg: Config, batch: int, size: int) -> float:
     """
     t = cfg.teacher
     s = math.ceil(size / t.pool_size)
-    terms = 3 if t.positional_encoding else 1
+    terms = 3 if t.use_positional_encoding else 1
     item = 2 if cfg.train.mixed_precision != "float32" else 4
     one_map = batch * s * t.num_heads * s * s * item
     return 2 * one_map * terms * TEACHER_MAPS_PER_TERM

@@ -249,8 +249,8 @@ def resolve_base_config(args: argparse.Namespace) -> tuple[Config, list[str]]:
 
 def describe_teacher(cfg: Config) -> str:
     t = cfg.teacher
-    return (f"pool={t.pool_size} pe={'on' if t.positional_encoding else 'off'} "
-            f"norm={'on' if t.normalization else 'off'} jit={'on' if cfg.train.jit_compile else 'off'}")
+    return (f"pool={t.pool_size} pe={'on' if t.use_positional_encoding else 'off'} "
+            f"norm={'on' if t.use_normalization else 'off'} jit={'on' if cfg.train.jit_compile else 'off'}")
 
 
 def variants(args: argparse.Namespace, base: Config) -> list[tuple[str, list[str]]]:
@@ -260,8 +260,8 @@ def variants(args: argparse.Namespace, base: Config) -> list[tuple[str, list[str
     rows = []
     for pool in SWEEP_POOL_SIZES:
         for pe in SWEEP_POSITIONAL:
-            rows.append(("", [f"teacher.pool_size={pool}", f"teacher.positional_encoding={_yaml_bool(pe)}",
-                              "teacher.normalization=true"]))
+            rows.append(("", [f"teacher.pool_size={pool}", f"teacher.use_positional_encoding={_yaml_bool(pe)}",
+                              "teacher.use_normalization=true"]))
     rows.append(("config, jit flipped", [f"train.jit_compile={_yaml_bool(not base.train.jit_compile)}"]))
     return rows
 

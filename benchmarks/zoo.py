@@ -368,7 +368,7 @@ def measure_tflite(student: keras.Model, shape: tuple[int, int, int], args: argp
 def describe_teacher(cfg: Config) -> str:
     t = cfg.teacher
     return (f"teacher pool={t.pool_size} hidden={t.hidden_dim} heads={t.num_heads} "
-            f"pe={'on' if t.positional_encoding else 'off'} norm={'on' if t.normalization else 'off'}, "
+            f"pe={'on' if t.use_positional_encoding else 'off'} norm={'on' if t.use_normalization else 'off'}, "
             f"jit={'on' if cfg.train.jit_compile else 'off'}")
 
 
