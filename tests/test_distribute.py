@@ -10,6 +10,8 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -181,12 +183,60 @@ def _result(stdout: str) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def test_mirrored_step_equals_one_device():
+class _Processes:
+    """Fresh processes run from threads, so that independent ones share the machine's cores: most of their time is
+    TensorFlow tracing the training graphs, which keeps one core busy. Whatever is still running at the end is
+    killed."""
+
+    def __init__(self, workers: int) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=workers)
+        self.live: list[subprocess.Popen] = []
+
+    def run(self, args: list, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+        proc = subprocess.Popen([str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env)
+        self.live.append(proc)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    def close(self) -> None:
+        for proc in self.live:
+            if proc.poll() is None:
+                proc.kill()
+        self.pool.shutdown(wait=True)
+
+
+@pytest.fixture(scope="module")
+def mirrored_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    """The two MirroredStrategy scenarios (2 logical CPUs), started together the first time a test asks: the step
+    equivalence, and the resume chain (a run killed after epoch 1 of 2, what it left, then ``--resume``)."""
+    procs = _Processes(workers=2)
+    env = _env(AXIAL_KD_CPU_DEVICES="2")
+    run = tmp_path_factory.mktemp("resume") / "run"
+    base = [sys.executable, SCRIPT, "train", run, run.parent / "w.npz", "--set", "train.distribute=mirrored", "--set",
+            "train.epochs=2", "--set", "train.steps_per_epoch=2"]
+
+    def resume_chain() -> SimpleNamespace:
+        killed = procs.run(base + ["--kill-after", "1"], env)
+        left = SimpleNamespace(backup=sorted(p.name for p in (run / "backup").glob("epoch-0001*")),
+                               metrics=(run / "metrics.json").exists())
+        resumed = procs.run(base + ["--resume"], env) if killed.returncode == -9 else None
+        return SimpleNamespace(killed=killed, left=left, resumed=resumed, run=run)
+
+    yield SimpleNamespace(equivalence=procs.pool.submit(procs.run, [sys.executable, SCRIPT, "equivalence"], env),
+                          resume=procs.pool.submit(resume_chain))
+    procs.close()
+
+
+def test_mirrored_step_equals_one_device(mirrored_processes):
     """Global batch 8: one SGD step on 2 replicas (4 images each, BatchNorm synchronized, the teacher head's too)
     equals one step on one device; without synchronization the BatchNorm statistics (and so the step) differ, so the
     test can fail."""
-    proc = subprocess.run([sys.executable, str(SCRIPT), "equivalence"], capture_output=True, text=True,
-                          timeout=600, env=_env(AXIAL_KD_CPU_DEVICES="2"))
+    proc = mirrored_processes.equivalence.result()
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = _result(proc.stdout)
     assert r["replicas"] == 2
@@ -194,12 +244,24 @@ def test_mirrored_step_equals_one_device():
     assert r["sync_max_diff"] < 1e-4 and r["sync_loss_diff"] < 1e-5, r
     assert r["unsync_max_diff"] > 1e-3, r
     assert r["diag_diff"] < 1e-5, r  # gradient diagnostics under the strategy
-    # One AxialAttention pass (the teacher head's layer) split over the replicas: synchronized, its output, weight
-    # gradients and the moving statistics of its folded BatchNorms (closed-form similarity moments included) are the
-    # one-device ones; unsynchronized they are not.
+    # One AxialAttention pass (the teacher head's layer, every term on) split over the replicas: synchronized, its
+    # output, weight gradients and the moving statistics of its folded BatchNorms (closed-form similarity moments
+    # included) are the one-device ones; unsynchronized they are not.
     for what in ("output", "grad", "stats"):
         assert r[f"axial_sync_{what}_diff"] < 1e-4, (what, r)
         assert r[f"axial_unsync_{what}_diff"] > 1e-3, (what, r)
+
+
+def test_resume_under_mirrored_after_a_kill(mirrored_processes):
+    """SIGKILL after epoch 1 of 2 under mirrored (2 logical CPUs), then --resume: epoch 2 only is trained."""
+    chain = mirrored_processes.resume.result()
+    killed, resumed, run = chain.killed, chain.resumed, chain.run
+    assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-2000:]
+    assert chain.left.backup and not chain.left.metrics, chain.left
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert "continuing" in resumed.stdout and "after epoch 1" in resumed.stdout
+    assert [r.split(",")[0] for r in (run / "history.csv").read_text().splitlines()[1:]] == ["1", "2"]
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
 
 
 def _free_ports(n: int) -> list[int]:
@@ -241,23 +303,6 @@ def test_two_workers_train_the_quickstart(tmp_path):
     w0, w1 = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
     assert len(w0.files) == len(w1.files) > 0
     assert max(float(np.abs(w0[k] - w1[k]).max()) for k in w0.files) < 1e-6
-
-
-@pytest.mark.slow  # two fresh training processes (~55 s idle); the default tier keeps the mirrored step's equality
-def test_resume_under_mirrored_after_a_kill(tmp_path):
-    """SIGKILL after epoch 1 of 2 under mirrored (2 logical CPUs), then --resume: epoch 2 only is trained."""
-    run = tmp_path / "run"
-    base = [sys.executable, str(SCRIPT), "train", str(run), str(tmp_path / "w.npz"), "--set",
-            "train.distribute=mirrored", "--set", "train.epochs=2", "--set", "train.steps_per_epoch=2"]
-    env = _env(AXIAL_KD_CPU_DEVICES="2")
-    killed = subprocess.run(base + ["--kill-after", "1"], capture_output=True, text=True, timeout=600, env=env)
-    assert killed.returncode == -9, killed.stdout[-2000:] + killed.stderr[-2000:]
-    assert list((run / "backup").glob("epoch-0001*")) and not (run / "metrics.json").exists()
-    resumed = subprocess.run(base + ["--resume"], capture_output=True, text=True, timeout=600, env=env)
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    assert "continuing" in resumed.stdout and "after epoch 1" in resumed.stdout
-    assert [r.split(",")[0] for r in (run / "history.csv").read_text().splitlines()[1:]] == ["1", "2"]
-    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
 
 
 # ------------------------------------------------------------------------------- the grid on several GPUs
