@@ -11,7 +11,9 @@ the YAML reader and the typed dataclass builder underneath are :mod:`axial_kd_tf
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from axial_kd_tf.errors import UserError
-from axial_kd_tf.typed_yaml import build_dataclass, read_yaml_mapping, yaml_load
+from axial_kd_tf.typed_yaml import build_dataclass, move_keys, read_yaml_mapping, yaml_load
 
 
 def _config_dir() -> Path:
@@ -98,41 +100,71 @@ class DistillConfig:
 
 
 @dataclass
-class DataConfig:
-    """The dataset (see ``axial_kd_tf.data``).
+class SyntheticData:
+    """``data.synthetic``: the procedurally generated 5-class quickstart set."""
 
-    * ``synthetic``: the procedurally generated 5-class quickstart set (``image_size``, ``*_samples``).
-    * ``sstem``: the paper's ssTEM Drosophila set (5 classes), the lab's 5-fold protocol selected by ``fold``.
-    * ``covid``: MedSeg COVID-19 CT (4 classes): ``train_slices`` / ``val_slices`` / rest test, ``window`` in HU.
+    image_size: int = 128
+    train_samples: int = 160
+    val_samples: int = 32
+    test_samples: int = 32
+
+
+@dataclass
+class SstemData:
+    """``data.sstem``: the paper's ssTEM Drosophila set (5 classes)."""
+
+    # Which of the lab's 5 folds (blocks of 4 consecutive sections) is held out for test.
+    fold: int = 0
+
+
+@dataclass
+class CovidData:
+    """``data.covid``: MedSeg COVID-19 CT (4 classes): ``train_slices`` / ``val_slices`` / the rest test."""
+
+    # CT intensity window [low, high] in HU mapped to [0, 1]; null = min-max over the volume.
+    window: Optional[list] = None
+    train_slices: int = 70
+    val_slices: int = 15
+
+
+@dataclass
+class FoldersData:
+    """``data.folders``: ``root/images`` + ``root/masks`` matched by stem, split by ``data.seed``."""
+
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    """The dataset (see ``axial_kd_tf.data``): the keys every dataset reads, then one sub-section per dataset, of
+    which only ``data.<dataset>`` is read.
+
+    * ``synthetic``: the procedurally generated 5-class quickstart set (``synthetic.image_size``, ``*_samples``).
+    * ``sstem``: the paper's ssTEM Drosophila set (5 classes), the lab's 5-fold protocol selected by ``sstem.fold``.
+    * ``covid``: MedSeg COVID-19 CT (4 classes): ``covid.train_slices`` / ``covid.val_slices`` / rest test,
+      ``covid.window`` in HU.
     * ``folders``: ``root/images`` + ``root/masks`` matched by stem, with ``value_map`` and ``class_names``.
 
     ``root`` is an existing copy; when null, ``sstem`` / ``covid`` are read from the download cache
-    (``$AXIAL_KD_DATA_DIR/<dataset>``, default ``~/.cache/axial_kd_tf/<dataset>``).
+    (``$AXIAL_KD_DATA_DIR/<dataset>``, default ``~/.cache/axial_kd_tf/<dataset>``). ``value_map`` (mask value ->
+    class id) and ``class_names`` (index = class id) relabel the masks of the file datasets (``folders``, ``covid``).
     """
 
     dataset: Literal["synthetic", "sstem", "covid", "folders"] = "synthetic"
     root: Optional[str] = None
     cache_dir: Optional[str] = None
-    image_size: int = 128
     crop_size: Optional[int] = None
-    train_samples: int = 160
-    val_samples: int = 32
-    test_samples: int = 32
-    augment: bool = True
-    seed: int = 0
-    # sstem: which of the 5 folds (blocks of 4 consecutive sections) is held out for test.
-    fold: int = 0
     # Evaluation splits cut into non-overlapping tiles of this side (the ssTEM protocol: 256); null = whole images.
     tile_size: Optional[int] = None
-    # covid: CT intensity window [low, high] in HU mapped to [0, 1]; null = min-max over the volume.
-    window: Optional[list] = None
-    train_slices: int = 70
-    val_slices: int = 15
-    # folders: mask value -> class id, class names (index = class id), validation / test share of the stems.
+    augment: bool = True
+    seed: int = 0
     value_map: Optional[dict] = None
     class_names: Optional[list] = None
-    val_fraction: float = 0.2
-    test_fraction: float = 0.0
+    synthetic: SyntheticData = field(default_factory=SyntheticData)
+    sstem: SstemData = field(default_factory=SstemData)
+    covid: CovidData = field(default_factory=CovidData)
+    folders: FoldersData = field(default_factory=FoldersData)
 
 
 @dataclass
@@ -193,12 +225,24 @@ class Config:
         return self
 
 
-# Keys renamed to match the arguments of what they build: old name -> new name. Configs and run folders written
-# before still load (with a warning); giving both names is an error.
-RENAMED_KEYS = {
+# Keys renamed or moved, old dotted name -> new one: the teacher's keys took the names of the layer arguments they
+# feed; the dataset-specific data keys moved into the dataset's sub-section. Configs, --set overrides and run folders
+# written before still load (with a warning); giving both names is an error.
+MOVED_KEYS = {
     "teacher.positional_encoding": "teacher.use_positional_encoding",
     "teacher.normalization": "teacher.use_normalization",
+    **{f"data.{k}": f"data.synthetic.{k}" for k in ("image_size", "train_samples", "val_samples", "test_samples")},
+    "data.fold": "data.sstem.fold",
+    **{f"data.{k}": f"data.covid.{k}" for k in ("window", "train_slices", "val_slices")},
+    **{f"data.{k}": f"data.folders.{k}" for k in ("val_fraction", "test_fraction")},
 }
+
+
+def current_key(dotted: str) -> str:
+    """The key's name today: ``dotted`` itself, or its new name when it is an old one (with a warning)."""
+    if dotted in MOVED_KEYS:
+        print(f"warning: config key '{dotted}' is now '{MOVED_KEYS[dotted]}'; rename it", file=sys.stderr)
+    return MOVED_KEYS.get(dotted, dotted)
 
 
 def _check(cond: bool, key: str, message: str) -> None:
@@ -235,21 +279,21 @@ def _validate_ranges(cfg: Config) -> None:
            "must be a mask label in 0..255 (masks are 8-bit class ids) or null")
     _check(d.class_weights is None or all(isinstance(w, (int, float)) and w >= 0 for w in d.class_weights),
            "distill.class_weights", "must be a list of non-negative numbers, one per class")
-    for key in ("image_size",):
-        _check(getattr(ds, key) >= 8, f"data.{key}", "must be >= 8")
+    syn, cov, fol = ds.synthetic, ds.covid, ds.folders
+    _check(syn.image_size >= 8, "data.synthetic.image_size", "must be >= 8")
     _check(ds.crop_size is None or ds.crop_size >= 8, "data.crop_size", "must be >= 8 or null")
     if ds.dataset == "synthetic":  # its image size is known before loading: fail before any work
-        check_crop_size(ds, ds.image_size, ds.image_size)
-    _check(0 <= ds.fold <= 4, "data.fold", "must be between 0 and 4 (the ssTEM protocol has 5 folds)")
+        check_crop_size(ds, syn.image_size, syn.image_size)
+    _check(0 <= ds.sstem.fold <= 4, "data.sstem.fold", "must be between 0 and 4 (the ssTEM protocol has 5 folds)")
     _check(ds.tile_size is None or ds.tile_size >= 8, "data.tile_size", "must be >= 8 or null")
-    _check(ds.window is None or (len(ds.window) == 2 and all(isinstance(v, (int, float)) for v in ds.window)
-                                 and ds.window[0] < ds.window[1]),
-           "data.window", "must be [low, high] in HU with low < high (e.g. [-1000, 400]) or null")
-    _check(ds.train_slices >= 1, "data.train_slices", "must be >= 1")
-    _check(ds.val_slices >= 1, "data.val_slices", "must be >= 1")
-    _check(0.0 <= ds.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
-    _check(0.0 <= ds.test_fraction < 1.0 and ds.val_fraction + ds.test_fraction < 1.0, "data.test_fraction",
-           "must be in [0, 1) with val_fraction + test_fraction < 1")
+    _check(cov.window is None or (len(cov.window) == 2 and all(isinstance(v, (int, float)) for v in cov.window)
+                                  and cov.window[0] < cov.window[1]),
+           "data.covid.window", "must be [low, high] in HU with low < high (e.g. [-1000, 400]) or null")
+    _check(cov.train_slices >= 1, "data.covid.train_slices", "must be >= 1")
+    _check(cov.val_slices >= 1, "data.covid.val_slices", "must be >= 1")
+    _check(0.0 <= fol.val_fraction < 1.0, "data.folders.val_fraction", "must be in [0, 1)")
+    _check(0.0 <= fol.test_fraction < 1.0 and fol.val_fraction + fol.test_fraction < 1.0,
+           "data.folders.test_fraction", "must be in [0, 1) with val_fraction + test_fraction < 1")
     if ds.dataset == "folders":
         _check(ds.root is not None, "data.root", "must name the folder holding images/ and masks/ (dataset: folders)")
         _check(ds.value_map is not None and len(ds.value_map) > 0, "data.value_map",
@@ -262,7 +306,7 @@ def _validate_ranges(cfg: Config) -> None:
                    f"is not used by data.dataset '{ds.dataset}' (its classes are fixed); remove it, or use "
                    "dataset folders or covid")
     for key in ("train_samples", "val_samples", "test_samples"):
-        _check(getattr(ds, key) >= 1, f"data.{key}", "must be >= 1")
+        _check(getattr(syn, key) >= 1, f"data.synthetic.{key}", "must be >= 1")
     _check(tr.epochs >= 1, "train.epochs", "must be >= 1")
     _check(tr.batch_size >= 1, "train.batch_size", "must be >= 1")
     _check(tr.learning_rate > 0, "train.learning_rate", "must be > 0")
@@ -302,6 +346,7 @@ def apply_override(raw: dict, assignment: str) -> None:
         value = yaml_load(text) if text.strip() else None
     except yaml.YAMLError:
         value = text
+    dotted = current_key(dotted)
     parts = dotted.split(".")
     node = raw
     for part in parts[:-1]:
@@ -315,7 +360,8 @@ def apply_override(raw: dict, assignment: str) -> None:
 
 
 def config_from_dict(raw: dict) -> Config:
-    return build_dataclass(Config, raw or {}, "", RENAMED_KEYS).validate()
+    """The validated :class:`Config` of a raw mapping (old key names moved to their new ones, :data:`MOVED_KEYS`)."""
+    return build_dataclass(Config, move_keys(copy.deepcopy(raw or {}), MOVED_KEYS), "").validate()
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -334,7 +380,8 @@ def read_config_file(path: str | Path, _seen: tuple = ()) -> dict:
     p = resolve_config_path(path).resolve()
     if p in _seen:
         raise UserError(f"config file '{p}' includes itself through 'base:'; remove the cycle")
-    raw = read_yaml_mapping(p)
+    raw = move_keys(read_yaml_mapping(p), MOVED_KEYS, f" in '{p}'")  # per file, before the merge: a base file may
+    # use the new name of a key its child gives under the old one
     base = raw.pop("base", None)
     if base is None:
         return raw

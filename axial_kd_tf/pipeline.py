@@ -163,8 +163,17 @@ def _write_metrics(run_dir: Path, metrics: dict, class_names: tuple[str, ...]) -
     atomic_write_json(run_dir / "metrics.json", metrics)
 
 
-def export_input_size(cfg: Config) -> int:
-    return cfg.export.input_size or cfg.data.crop_size or cfg.data.image_size
+def export_input_size(cfg: Config, train_hw: Optional[tuple[int, int]] = None) -> Optional[int]:
+    """The side of the exported networks' square input: ``export.input_size``, else the training crop
+    (``data.crop_size``), else the training images' side (``data.synthetic.image_size``, or the smaller side
+    ``train_hw`` of the loaded training images); None when only the loaded data can tell and ``train_hw`` is not
+    given."""
+    d = cfg.data
+    if cfg.export.input_size or d.crop_size:
+        return cfg.export.input_size or d.crop_size
+    if d.dataset == "synthetic":
+        return d.synthetic.image_size
+    return min(train_hw) if train_hw else None
 
 
 def export_complete(run_dir: Path, cfg: Config) -> bool:
@@ -172,8 +181,8 @@ def export_complete(run_dir: Path, cfg: Config) -> bool:
     report = read_json(Path(run_dir) / "export" / "export_report.json")
     if not isinstance(report, dict) or not isinstance(report.get("networks"), dict):
         return False
-    size = export_input_size(cfg)
-    if list(report.get("input_shape", []))[:2] != [size, size]:
+    size = export_input_size(cfg)  # None: the training images' side, which the report's own shape was made from
+    if size is not None and list(report.get("input_shape", []))[:2] != [size, size]:
         return False
     for name in ["student"] + (["teacher"] if cfg.export.teacher else []):
         rep = report["networks"].get(name)
@@ -201,7 +210,7 @@ def export_run(
         model = load_run_model(run_dir)
     if data is None:
         data = load_data(cfg)
-    size = export_input_size(cfg)
+    size = export_input_size(cfg, data.train_images.shape[1:3])
     multiple = network_size_multiple(student_network(model))
     if size % multiple:
         raise size_error("the export input size (export.input_size, or --input-size of the export command)", size,

@@ -88,7 +88,7 @@ def check_input_sizes(cfg: Config, network, train_hw: tuple[int, int], val_hw: O
     if d.crop_size:
         sizes = [("data.crop_size", d.crop_size)]
     elif d.dataset == "synthetic":
-        sizes = [("data.image_size", d.image_size)]
+        sizes = [("data.synthetic.image_size", d.synthetic.image_size)]
     else:
         sizes = [("the training image height (set data.crop_size)", train_hw[0]),
                  ("the training image width (set data.crop_size)", train_hw[1])]
@@ -96,7 +96,7 @@ def check_input_sizes(cfg: Config, network, train_hw: tuple[int, int], val_hw: O
         if d.tile_size:
             sizes.append(("data.tile_size", d.tile_size))
         elif d.dataset == "synthetic":
-            sizes.append(("data.image_size", d.image_size))
+            sizes.append(("data.synthetic.image_size", d.synthetic.image_size))
         else:
             sizes += [("the validation image height (set data.tile_size)", val_hw[0]),
                       ("the validation image width (set data.tile_size)", val_hw[1])]

@@ -129,36 +129,75 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return float(value) if tp is float else value
 
 
-def _renamed(data: dict, prefix: str, renamed: Mapping[str, str]) -> dict:
-    out = dict(data)
-    for old, new in renamed.items():
-        section, _, old_key = old.rpartition(".")
-        new_key = new.rpartition(".")[2]
-        if f"{section}." != prefix or old_key not in out:
+# ------------------------------------------------------------------------------------------------ dotted keys
+def dotted_get(raw: Mapping, dotted: str) -> Any:
+    """The value at ``a.b.c`` in nested mappings (None when a part is missing)."""
+    node: Any = raw
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def dotted_has(raw: Mapping, dotted: str) -> bool:
+    node: Any = raw
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def dotted_pop(raw: dict, dotted: str) -> Any:
+    """Remove ``a.b.c`` (nothing when absent) and return its value."""
+    parts = dotted.split(".")
+    node: Any = raw
+    for part in parts[:-1]:
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    return node.pop(parts[-1], None) if isinstance(node, dict) else None
+
+
+def dotted_set(raw: dict, dotted: str, value: Any) -> None:
+    """Set ``a.b.c``, creating the sections on the way (an empty ``section:`` in YAML, None, becomes one)."""
+    parts = dotted.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            raise UserError(f"config key '{'.'.join(parts[:i + 1])}' must be a section to hold '{dotted}'")
+    node[parts[-1]] = value
+
+
+def move_keys(raw: dict, moved: Mapping[str, str], where: str = "") -> dict:
+    """Move, in place, every key of ``raw`` given under an old dotted name (a key of ``moved``) to its new one, with a
+    warning; the old and the new name both given is an error. ``where`` (e.g. `` in 'a.yaml'``)
+    ends the messages. Returns ``raw``."""
+    for old, new in moved.items():
+        if not dotted_has(raw, old):
             continue
-        if new_key in out:
-            raise UserError(f"config keys '{old}' and '{new}' are the same setting ('{old}' is its old name); "
+        if dotted_has(raw, new):
+            raise UserError(f"config keys '{old}' and '{new}'{where} are the same setting ('{old}' is its old name); "
                             f"keep only '{new}'")
-        print(f"warning: config key '{old}' is now '{new}' (the layer's argument); rename it", file=sys.stderr)
-        out[new_key] = out.pop(old_key)
-    return out
+        dotted_set(raw, new, dotted_pop(raw, old))
+        print(f"warning: config key '{old}' is now '{new}'{where}; rename it", file=sys.stderr)
+    return raw
 
 
-def build_dataclass(cls: type, data: Any, prefix: str = "", renamed: Mapping[str, str] = {}) -> Any:
+def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
     """``cls`` (a dataclass, nested ones included) from the mapping ``data``: every value checked against its
-    annotation, an unknown key rejected with the nearest valid one; ``renamed`` maps old dotted keys to new ones
-    (accepted with a warning)."""
+    annotation, an unknown key rejected with the nearest valid one (old key names are :func:`move_keys`' job)."""
     if not isinstance(data, dict):
         raise UserError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
-    for key, value in _renamed(data, prefix, renamed).items():
+    for key, value in data.items():
         if key not in names:
             raise UserError(f"unknown config key '{prefix}{key}'{_suggest(str(key), names, prefix)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
-            kwargs[key] = build_dataclass(tp, value if value is not None else {}, f"{prefix}{key}.", renamed)
+            kwargs[key] = build_dataclass(tp, value if value is not None else {}, f"{prefix}{key}.")
         else:
             kwargs[key] = _coerce(value, tp, f"{prefix}{key}")
     return cls(**kwargs)

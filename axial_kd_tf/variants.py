@@ -38,7 +38,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.=+-]+")
 # Names of the directories the runner uses without variants: a variant of that name would share their runs.
 RESERVED_NAMES = ("baseline", "distill")
 # Keys that vary across the grid by design (set per run by the runner; left out of a run's configuration digest).
-GRID_KEYS = ("name", "model.arch", "distill.enabled", "data.fold", "train.seed", "data.seed")
+GRID_KEYS = ("name", "model.arch", "distill.enabled", "data.sstem.fold", "train.seed", "data.seed")
 # Keys a variant may not change: the grid sets them, or they define which data the baseline it is paired with saw.
 FORBIDDEN_KEYS = GRID_KEYS + ("data.dataset",)
 MAX_DIRNAME = 80  # longer names are cut and made unique with a hash (file systems allow 255 bytes per name)
@@ -221,6 +221,9 @@ def build_variants(sweeps: Sequence[str] = (), variants_file: Optional[str | Pat
         pairs = combined
     else:
         pairs = named or swept
+    from axial_kd_tf.config import current_key
+
+    pairs = [(name, tuple((current_key(k), v) for k, v in overrides)) for name, overrides in pairs]
     dirnames = unique_dirnames([name for name, _ in pairs])
     return [Variant(name, dirname, overrides) for (name, overrides), dirname in zip(pairs, dirnames)]
 

@@ -235,7 +235,7 @@ def resolve_base_config(args: argparse.Namespace) -> tuple[Config, list[str]]:
     jit = cfg.train.jit_compile if args.jit is None else bool(args.jit)
     precision = args.precision or cfg.train.mixed_precision
     overrides += [
-        f"data.image_size={args.size}", "data.crop_size=null", f"train.batch_size={args.batch_size}",
+        f"data.synthetic.image_size={args.size}", "data.crop_size=null", f"train.batch_size={args.batch_size}",
         f"train.jit_compile={_yaml_bool(jit)}", f"train.mixed_precision={precision}", "distill.enabled=true",
     ]
     cfg = load_config(args.config, overrides)

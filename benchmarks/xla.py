@@ -81,7 +81,7 @@ def cell_config(arch: str, precision: str, jit: bool, args: argparse.Namespace) 
     return load_config(args.config, [
         *args.overrides,
         "model.library=native", f"model.arch={arch}", f"model.encoder={args.encoder}", "model.encoder_weights=null",
-        f"model.options={json.dumps(parse_options(args.options))}", f"data.image_size={args.size}",
+        f"model.options={json.dumps(parse_options(args.options))}", f"data.synthetic.image_size={args.size}",
         "data.crop_size=null", f"train.batch_size={args.batch}", f"train.mixed_precision={precision}",
         f"train.jit_compile={'true' if jit else 'false'}",
         f"distill.enabled={'true' if args.mode == 'distill' else 'false'}",

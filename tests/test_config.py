@@ -235,11 +235,11 @@ def test_ints_are_accepted_for_float_fields_and_stored_as_float():
         (_with("train", learning_rate=0), "train.learning_rate"),
         (_with("train", weight_decay=-0.1), "train.weight_decay"),
         (_with("train", steps_per_epoch=0), "train.steps_per_epoch"),
-        ({"data": {"image_size": 64, "crop_size": 96}}, "data.crop_size"),  # crop_size > image_size
+        ({"data": {"synthetic": {"image_size": 64}, "crop_size": 96}}, "data.crop_size"),  # crop_size > image_size
         (_with("data", crop_size=4), "data.crop_size"),
-        (_with("data", image_size=4), "data.image_size"),
-        (_with("data", train_samples=0), "data.train_samples"),
-        (_with("data", val_samples=0), "data.val_samples"),
+        ({"data": {"synthetic": {"image_size": 4}}}, "data.synthetic.image_size"),
+        ({"data": {"synthetic": {"train_samples": 0}}}, "data.synthetic.train_samples"),
+        ({"data": {"synthetic": {"val_samples": 0}}}, "data.synthetic.val_samples"),
         ({"teacher": {"hidden_dim": 10, "num_heads": 3}}, "teacher.hidden_dim"),  # not divisible
         (_with("teacher", num_heads=0), "teacher.num_heads"),
         (_with("teacher", hidden_dim=0), "teacher.hidden_dim"),
@@ -264,13 +264,13 @@ def test_out_of_range_values_name_the_key(raw, key):
 def test_range_messages_are_helpful():
     assert "int4" in _error(config_from_dict, _with("export", variants=["int4"]))
     assert "num_heads" in _error(config_from_dict, {"teacher": {"hidden_dim": 10, "num_heads": 3}})
-    assert "64" in _error(config_from_dict, {"data": {"image_size": 64, "crop_size": 96}})
+    assert "64" in _error(config_from_dict, {"data": {"synthetic": {"image_size": 64}, "crop_size": 96}})
 
 
 def test_boundary_values_are_accepted():
     cfg = config_from_dict({
         "train": {"epochs": 1, "batch_size": 1, "steps_per_epoch": 1, "weight_decay": 0},
-        "data": {"image_size": 64, "crop_size": 64},
+        "data": {"synthetic": {"image_size": 64}, "crop_size": 64},
         "teacher": {"hidden_dim": 12, "num_heads": 3, "key_dim": 1},
         "distill": {"student_weight": 0, "class_weights": [0, 1, 2.5]},
         "export": {"variants": ["float32", "float16", "int8"], "input_size": 8},
@@ -456,7 +456,7 @@ def _roundtrip_variants():
         "model": {"arch": "simple_unet", "encoder": "resnet18", "options": {"base_filters": 8, "nested": {"a": [1, 2]}}},
         "teacher": {"hidden_dim": 24, "num_heads": 3, "key_dim": 4, "use_positional_encoding": False},
         "distill": {"target": "probabilities", "ignore_index": 0, "class_weights": [0.5, 1, 1, 2, 1e-3]},
-        "data": {"image_size": 96, "crop_size": 64, "root": "/data/x", "augment": False},
+        "data": {"synthetic": {"image_size": 96}, "crop_size": 64, "root": "/data/x", "augment": False},
         "train": {"learning_rate": 1e-5, "optimizer": "adamw", "weight_decay": 1e-4, "lr_schedule": "poly",
                   "steps_per_epoch": 7, "mixed_precision": "mixed_bfloat16"},
         "export": {"variants": ["float32", "float16", "int8"], "teacher": True, "input_size": 64},
@@ -486,6 +486,31 @@ def test_renamed_teacher_keys_still_load_with_a_warning(capsys):
     assert "'teacher.normalization' is now 'teacher.use_normalization'" in err
     msg = _error(config_from_dict, {"teacher": {"positional_encoding": False, "use_positional_encoding": True}})
     assert "keep only 'teacher.use_positional_encoding'" in msg
+
+
+def test_flat_data_keys_moved_into_their_dataset_section(tmp_path, capsys):
+    """The dataset-specific data keys live in data.<dataset>; the flat names of earlier configs, run folders and
+    --set still load (a warning each), in a file, in a child of a base file that uses the new names, and as --set."""
+    new = {"dataset": "covid", "crop_size": 16, "covid": {"window": [-1000, 400], "train_slices": 8, "val_slices": 2},
+           "sstem": {"fold": 3}, "synthetic": {"image_size": 64, "train_samples": 5}, "folders": {"test_fraction": 0.1}}
+    flat = {"dataset": "covid", "crop_size": 16, "window": [-1000, 400], "train_slices": 8, "val_slices": 2,
+            "fold": 3, "image_size": 64, "train_samples": 5, "test_fraction": 0.1}
+    assert config_from_dict({"data": flat}) == config_from_dict({"data": new})
+    err = capsys.readouterr().err
+    for old, moved in [("fold", "sstem.fold"), ("window", "covid.window"), ("image_size", "synthetic.image_size"),
+                       ("test_fraction", "folders.test_fraction")]:
+        assert f"'data.{old}' is now 'data.{moved}'" in err
+    base = tmp_path / "base.yaml"
+    base.write_text("data:\n  dataset: sstem\n  sstem:\n    fold: 1\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("base: base.yaml\ndata:\n  fold: 2\n")
+    assert load_config(child).data.sstem.fold == 2
+    assert load_config(base, ["data.fold=4"]).data.sstem.fold == 4
+    assert "'data.fold' is now 'data.sstem.fold'" in capsys.readouterr().err
+    msg = _error(config_from_dict, {"data": {"fold": 1, "sstem": {"fold": 2}}})
+    assert "keep only 'data.sstem.fold'" in msg
+    assert "data.sstem.fold" in _error(config_from_dict, {"data": {"sstem": {"fold": 7}}})
+    assert "did you mean 'data.covid.window'" in _error(config_from_dict, {"data": {"covid": {"windw": None}}})
 
 
 @pytest.mark.parametrize("label, cfg", list(_roundtrip_variants()), ids=lambda v: v if isinstance(v, str) else "")
@@ -544,13 +569,15 @@ def test_shipped_dataset_configs_load(name):
 def test_data_keys_are_validated():
     from axial_kd_tf.config import config_from_dict
 
-    for data, key in [({"fold": 5}, "data.fold"), ({"window": [400, -1000]}, "data.window"),
+    for data, key in [({"sstem": {"fold": 5}}, "data.sstem.fold"), ({"covid": {"window": [400, -1000]}},
+                                                                     "data.covid.window"),
                       ({"tile_size": 4}, "data.tile_size"), ({"dataset": "folders"}, "data.root"),
-                      ({"dataset": "folders", "root": "x"}, "data.value_map"), ({"val_fraction": 1.0}, "data.val_fraction")]:
+                      ({"dataset": "folders", "root": "x"}, "data.value_map"),
+                      ({"folders": {"val_fraction": 1.0}}, "data.folders.val_fraction")]:
         with pytest.raises(UserError, match=key.replace(".", r"\.")):
             config_from_dict({"data": data})
-    with pytest.raises(UserError, match="did you mean 'data.fold'"):
-        config_from_dict({"data": {"folds": 1}})
+    with pytest.raises(UserError, match="did you mean 'data.sstem.fold'"):
+        config_from_dict({"data": {"sstem": {"folds": 1}}})
 
 
 def test_first_difference_names_the_dotted_key():

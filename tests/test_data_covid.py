@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from axial_kd_tf.config import DataConfig, config_from_dict
+from axial_kd_tf.config import CovidData, DataConfig, config_from_dict
 from axial_kd_tf.data import covid, load_data
 from axial_kd_tf.data.io import class_frequencies
 from axial_kd_tf.errors import UserError
@@ -22,7 +22,9 @@ X, Y, Z = COVID_SHAPE
 
 
 def _cfg(root: Path, **kw) -> DataConfig:
-    return DataConfig(dataset="covid", root=str(root), **{"train_slices": 6, "val_slices": 2, **kw})
+    own = {k: kw.pop(k) for k in ("window", "train_slices", "val_slices") if k in kw}  # the data.covid keys
+    return DataConfig(dataset="covid", root=str(root), covid=CovidData(**{"train_slices": 6, "val_slices": 2, **own}),
+                      **kw)
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +78,8 @@ def test_tile_size_cuts_eval_splits_only(root: Path) -> None:
 
 
 def test_load_data_through_config_and_pipeline(root: Path) -> None:
-    cfg = config_from_dict({"data": {"dataset": "covid", "root": str(root), "train_slices": 6, "val_slices": 2,
-                                     "crop_size": 16}})
+    cfg = config_from_dict({"data": {"dataset": "covid", "root": str(root), "crop_size": 16,
+                                     "covid": {"train_slices": 6, "val_slices": 2}}})
     bundle = load_data(cfg)
     images, masks = next(iter(bundle.train_dataset(batch_size=2, seed=0, crop_size=16, augment=True)))
     assert tuple(images.shape) == (2, 16, 16, 1) and tuple(masks.shape) == (2, 16, 16)
@@ -85,8 +87,8 @@ def test_load_data_through_config_and_pipeline(root: Path) -> None:
 
 
 def test_crop_size_larger_than_the_slices_names_the_key(root: Path) -> None:
-    cfg = config_from_dict({"data": {"dataset": "covid", "root": str(root), "train_slices": 6, "val_slices": 2,
-                                     "crop_size": X + 8}})
+    cfg = config_from_dict({"data": {"dataset": "covid", "root": str(root), "crop_size": X + 8,
+                                     "covid": {"train_slices": 6, "val_slices": 2}}})
     with pytest.raises(UserError, match=f"'data.crop_size' \\({X + 8}\\) is larger than the {X}x{Y} training images "
                                         "of data.dataset 'covid'"):
         load_data(cfg)
@@ -149,7 +151,7 @@ def test_split_counts_beyond_depth_name_the_keys(root: Path) -> None:
     with pytest.raises(UserError) as exc:
         covid.load(_cfg(root, train_slices=8, val_slices=2))
     message = _one_line(exc)
-    assert "data.train_slices" in message and "data.val_slices" in message and covid.IMAGE_FILE in message
+    assert "data.covid.train_slices" in message and "data.covid.val_slices" in message and covid.IMAGE_FILE in message
 
 
 def test_missing_root_names_the_download_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -182,8 +184,8 @@ def test_class_weights_cli(root: Path, capsys: pytest.CaptureFixture) -> None:
     # The default split (70 / 15 slices) does not fit this 10-slice fixture: a one-line error naming the keys.
     assert main(["class-weights", "covid", "--dir", str(root)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: data.train_slices (70)")
-    assert main(["class-weights", "covid", "--dir", str(root), "--set", "data.train_slices=6",
-                 "--set", "data.val_slices=2"]) == 0
+    assert err.count("\n") == 1 and err.startswith("error: data.covid.train_slices (70)")
+    assert main(["class-weights", "covid", "--dir", str(root), "--set", "data.covid.train_slices=6",
+                 "--set", "data.covid.val_slices=2"]) == 0
     out = capsys.readouterr().out
     assert "ground-glass" in out and "--set distill.class_weights=[" in out

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from axial_kd_tf.config import Config, DataConfig, config_from_dict
+from axial_kd_tf.config import Config, DataConfig, FoldersData, config_from_dict
 from axial_kd_tf.data import load_data
 from axial_kd_tf.data import folders
 from axial_kd_tf.errors import UserError
@@ -42,7 +42,9 @@ def _stems(n: int, prefix: str = "s") -> list[str]:
 
 
 def _cfg(root: Path, **kw) -> DataConfig:
-    return DataConfig(dataset="folders", root=str(root), value_map=dict(kw.pop("value_map", VALUE_MAP)), **kw)
+    own = {k: kw.pop(k) for k in ("val_fraction", "test_fraction") if k in kw}  # the data.folders keys
+    return DataConfig(dataset="folders", root=str(root), value_map=dict(kw.pop("value_map", VALUE_MAP)),
+                      folders=FoldersData(**own), **kw)
 
 
 def _error(cfg: DataConfig, match: str) -> str:

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from axial_kd_tf.config import DataConfig, load_config
+from axial_kd_tf.config import CovidData, DataConfig, load_config
 from axial_kd_tf.data import covid, load_data, phantom
 from axial_kd_tf.data.__main__ import main
 from axial_kd_tf.errors import UserError
@@ -34,8 +34,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_covid_loader_reads_the_phantom(root: Path) -> None:
-    bundle = covid.load(DataConfig(dataset="covid", root=str(root), train_slices=8, val_slices=2,
-                                   window=[-1000, 400]))
+    bundle = covid.load(DataConfig(dataset="covid", root=str(root),
+                                   covid=CovidData(train_slices=8, val_slices=2, window=[-1000, 400])))
     assert bundle.class_names == covid.CLASS_NAMES
     assert bundle.train_images.shape == (8, N, N, 1) and bundle.train_images.dtype == np.float32
     assert bundle.train_masks.shape == (8, N, N) and bundle.train_masks.dtype == np.uint8

@@ -14,8 +14,8 @@ from helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--config", str(ROOT / "configs" / "quickstart.yaml"),
-        "--set", "data.image_size=32", "--set", "data.train_samples=6", "--set", "data.val_samples=2",
-        "--set", "data.test_samples=2", "--set", "data.crop_size=16", "--set", "train.batch_size=2",
+        "--set", "data.synthetic.image_size=32", "--set", "data.synthetic.train_samples=6", "--set", "data.synthetic.val_samples=2",
+        "--set", "data.synthetic.test_samples=2", "--set", "data.crop_size=16", "--set", "train.batch_size=2",
         "--set", "train.jit_compile=false", "--set", "model.options={base_filters: 4, depth: 2}",
         "--batches", "3", "--pipeline-warmup", "1", "--steps", "2", "--warmup", "1"]
 

@@ -39,7 +39,7 @@ def test_fold_blocks_cover_every_image_once_per_fold_and_rotate_the_test_block()
         test_blocks.append(b["test"][0] // 4)
     assert sorted(test_blocks) == [0, 1, 2, 3, 4]
     assert sstem.fold_blocks(0) == {"train": list(range(12)), "val": list(range(12, 16)), "test": list(range(16, 20))}
-    with pytest.raises(UserError, match="data.fold"):
+    with pytest.raises(UserError, match="data.sstem.fold"):
         sstem.fold_blocks(5)
 
 

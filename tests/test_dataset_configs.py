@@ -23,7 +23,7 @@ def test_dataset_config_trains_and_evaluates(config, tmp_path, capsys):
         data = ["data.tile_size=32"]
     else:
         write_covid(root)
-        data = ["data.train_slices=6", "data.val_slices=2"]
+        data = ["data.covid.train_slices=6", "data.covid.val_slices=2"]
     run = tmp_path / "run"
     args = ["--config", config, "--run-dir", str(run), "--set", f"data.root={root}"]
     for item in TINY + data:

@@ -33,7 +33,7 @@ def tiny_yaml(tmp_path_factory) -> Path:
     raw["name"] = "tiny"
     raw["model"]["options"] = {"base_filters": 4, "depth": 2}
     raw["teacher"].update(hidden_dim=8, max_span=32)
-    raw["data"].update(image_size=32, train_samples=16, val_samples=8, test_samples=8)
+    raw["data"]["synthetic"].update(image_size=32, train_samples=16, val_samples=8, test_samples=8)
     raw["train"].update(epochs=1, steps_per_epoch=2, batch_size=4, jit_compile=False)
     raw["export"]["enabled"] = False
     raw["logging"]["tensorboard"] = False
@@ -266,7 +266,7 @@ def test_interrupted_run_made_by_train_py_is_resumed(tiny_yaml, tmp_path):
 def test_failed_runs_are_reported_and_the_grid_goes_on(tiny_yaml, tmp_path):
     # a training set smaller than the batch fails inside each run
     rc, out, err = run_main("--config", tiny_yaml, "--archs", ARCH, "--out", tmp_path, "--in-process",
-                            "--set", "data.train_samples=2")
+                            "--set", "data.synthetic.train_samples=2")
     assert rc == 1
     assert out.count("FAILED") == 2 and "[run 2/2]" in out
     assert "2 run(s) failed" in err and str(tmp_path / "tiny" / "runs" / ARCH / "distill" / "fold0-seed0") in err
@@ -361,7 +361,7 @@ def test_bad_variants_fail_before_anything_runs(tiny_yaml, tmp_path):
     for argv, message in [
         (["--sweep", "distill.target=logits,bogus"], "config key 'distill.target' must be one of"),
         (["--sweep", "distill.distill_weight=1", "--modes", "baseline"], "--modes has no distill"),
-        (["--sweep", "data.fold=1"], "which the grid sets itself"),
+        (["--sweep", "data.sstem.fold=1"], "which the grid sets itself"),
         (["--parallel", "2", "--in-process"], "cannot be combined with --in-process"),
         (["--parallel", "0"], "--parallel must be >= 1"),
         (["--parallel", "999"], "more than the"),

@@ -364,7 +364,7 @@ def test_fixed_size_models_use_a_sliding_window_at_their_input():
 
 
 # ------------------------------------------------------------------------------------------------- evaluate.py
-TINY = ["data.image_size=32", "data.train_samples=1", "data.val_samples=2", "data.test_samples=3",
+TINY = ["data.synthetic.image_size=32", "data.synthetic.train_samples=1", "data.synthetic.val_samples=2", "data.synthetic.test_samples=3",
         "model.options={base_filters: 4, depth: 2}", "teacher.hidden_dim=8", "teacher.max_span=32",
         "teacher.pool_size=1", "data.tile_size=16"]
 
@@ -406,7 +406,7 @@ def test_evaluate_default_is_unchanged(tiny_run: Path, capsys):
 
 
 def test_evaluate_full_image_end_to_end(tiny_run: Path, capsys):
-    out, payload, folder = _evaluate(tiny_run, capsys, "--full-image", "--set", "data.image_size=42")
+    out, payload, folder = _evaluate(tiny_run, capsys, "--full-image", "--set", "data.synthetic.image_size=42")
     assert "whole images" in out
     assert "[eval] mode: whole-image (reflect-padded to a multiple of 4) (3 images)" in out
     assert set(payload["outputs"]) == {"student", "teacher"}
@@ -417,7 +417,7 @@ def test_evaluate_full_image_end_to_end(tiny_run: Path, capsys):
 
 
 def test_evaluate_teacher_tiled_and_forced_window(tiny_run: Path, capsys):
-    out, payload, _ = _evaluate(tiny_run, capsys, "--full-image", "--set", "data.image_size=42",
+    out, payload, _ = _evaluate(tiny_run, capsys, "--full-image", "--set", "data.synthetic.image_size=42",
                                 "--max-teacher-mb", "2")
     assert "teacher tiled" in out and "teacher tiled" in next(iter(payload["inference"]["modes"]))
     out, payload, _ = _evaluate(tiny_run, capsys, "--full-image", "--window", "16", "--overlap", "0.25",

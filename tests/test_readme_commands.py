@@ -39,7 +39,7 @@ SKIPS: tuple[tuple[str, str], ...] = (
 
 #: Tiny overrides for ``train.py`` commands (a key the command sets itself is left to the command).
 TINY = {
-    "data.image_size": "32", "data.train_samples": "4", "data.val_samples": "2", "data.test_samples": "2",
+    "data.synthetic.image_size": "32", "data.synthetic.train_samples": "4", "data.synthetic.val_samples": "2", "data.synthetic.test_samples": "2",
     "model.options": "{base_filters: 4, depth: 2}", "teacher.hidden_dim": "8", "teacher.max_span": "32",
     "train.epochs": "1", "train.steps_per_epoch": "1", "train.batch_size": "2", "logging.num_images": "1",
     "export.verify_samples": "2", "export.calibration_samples": "2",

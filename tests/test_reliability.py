@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 #: A tiny CE-only run (compiles in seconds): 8 training images of 32², 3 epochs of 2 steps, no TensorBoard.
 BASE = [
-    "data.image_size=32", "data.train_samples=8", "data.val_samples=4", "data.test_samples=4",
+    "data.synthetic.image_size=32", "data.synthetic.train_samples=8", "data.synthetic.val_samples=4", "data.synthetic.test_samples=4",
     "model.options={base_filters: 4, depth: 2}", "distill.enabled=false", "teacher.max_span=32",
     "train.epochs=3", "train.steps_per_epoch=2", "train.batch_size=4", "train.jit_compile=false",
     "logging.tensorboard=false", "export.enabled=false", "export.verify_samples=2", "export.calibration_samples=4",
@@ -183,7 +183,7 @@ def tiny_model_file(tmp_path: Path):
     return make
 
 
-TINY_DATA = ["data.image_size=32", "data.train_samples=4", "data.val_samples=4", "data.test_samples=4"]
+TINY_DATA = ["data.synthetic.image_size=32", "data.synthetic.train_samples=4", "data.synthetic.val_samples=4", "data.synthetic.test_samples=4"]
 
 
 # ============================================================================================== silent failure
@@ -287,8 +287,8 @@ def test_memory_preflight_refuses_an_oversized_config_before_anything_exists(tmp
     """A full-resolution teacher at 256² (the tester's covid case in small): one line naming the settings."""
     monkeypatch.setenv("AXIAL_KD_MEMORY_MB", "4000")
     run = tmp_path / "big"
-    line = _fails(train_main, _argv(run, "distill.enabled=true", "data.image_size=256", "teacher.pool_size=1",
-                                    "teacher.max_span=256", "train.batch_size=8", "data.train_samples=8"), capsys)
+    line = _fails(train_main, _argv(run, "distill.enabled=true", "data.synthetic.image_size=256", "teacher.pool_size=1",
+                                    "teacher.max_span=256", "train.batch_size=8", "data.synthetic.train_samples=8"), capsys)
     assert "teacher.pool_size" in line and "train.batch_size" in line and "--force" in line and "GPU" in line
     assert "3.9 GB" in line
     assert not run.exists()
@@ -608,8 +608,8 @@ def test_read_only_file_system_train_and_evaluate(read_only_dir: Path, tiny_mode
 def test_image_size_that_the_network_cannot_take(tmp_path: Path, capsys):
     """simple_unet of depth 3 needs multiples of 8; before: a Concatenate shape error deep in Keras."""
     run = tmp_path / "run"
-    line = _fails(train_main, _argv(run, "model.options={base_filters: 4, depth: 3}", "data.image_size=100"), capsys)
-    assert "'data.image_size' is 100" in line and "multiple of 8" in line and "96 or 104" in line
+    line = _fails(train_main, _argv(run, "model.options={base_filters: 4, depth: 3}", "data.synthetic.image_size=100"), capsys)
+    assert "'data.synthetic.image_size' is 100" in line and "multiple of 8" in line and "96 or 104" in line
     assert not run.exists()
 
 

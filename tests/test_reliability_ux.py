@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 
 from axial_kd_tf.cli import evaluate_main, export_main
-from axial_kd_tf.config import DataConfig, config_from_dict, load_config
+from axial_kd_tf.config import CovidData, DataConfig, config_from_dict, load_config
 from axial_kd_tf.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = [
-    "data.image_size=32", "data.train_samples=8", "data.val_samples=4", "data.test_samples=4",
+    "data.synthetic.image_size=32", "data.synthetic.train_samples=8", "data.synthetic.val_samples=4", "data.synthetic.test_samples=4",
     "model.options={base_filters: 4, depth: 2}", "teacher.hidden_dim=8", "teacher.max_span=32",
     "train.epochs=2", "train.steps_per_epoch=1", "train.batch_size=4", "train.jit_compile=false",
     "logging.num_images=0", "logging.tensorboard=false", "export.verify_samples=2",
@@ -198,7 +198,7 @@ def _covid_root(root: Path, image: np.ndarray, mask: np.ndarray, affine=None, ma
 
 
 def _covid_cfg(root: Path, **kw) -> DataConfig:
-    return DataConfig(dataset="covid", root=str(root), train_slices=6, val_slices=2, **kw)
+    return DataConfig(dataset="covid", root=str(root), covid=CovidData(train_slices=6, val_slices=2), **kw)
 
 
 def test_covid_honours_value_map_and_class_names(tmp_path: Path):
@@ -215,7 +215,7 @@ def test_covid_honours_value_map_and_class_names(tmp_path: Path):
     assert merged.class_names == ("background", "ground-glass+consolidation", "pleural effusion")
     # The config path: a 2-class model for a binary infection mask file (values 0/1) named by class_names alone.
     root2 = _covid_root(tmp_path / "b", image, (mask > 0).astype(np.float32))
-    cfg = config_from_dict({"data": {"dataset": "covid", "root": str(root2), "train_slices": 6, "val_slices": 2,
+    cfg = config_from_dict({"data": {"dataset": "covid", "root": str(root2), "covid": {"train_slices": 6, "val_slices": 2},
                                      "class_names": ["background", "infection"]}})
     assert load_data(cfg).num_classes == 2
     with pytest.raises(UserError) as exc:  # the 4-label masks do not fit two names

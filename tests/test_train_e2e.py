@@ -15,7 +15,7 @@ from axial_kd_tf.pipeline import train
 from helpers import InterruptAfterEpoch
 
 TINY = [
-    "data.image_size=32", "data.train_samples=8", "data.val_samples=4", "data.test_samples=4",
+    "data.synthetic.image_size=32", "data.synthetic.train_samples=8", "data.synthetic.val_samples=4", "data.synthetic.test_samples=4",
     "model.options={base_filters: 4, depth: 2}", "teacher.hidden_dim=8", "teacher.max_span=32",
     "train.epochs=2", "train.batch_size=4", "train.jit_compile=false", "logging.num_images=2",
     "logging.image_every=1", "export.verify_samples=2", "export.calibration_samples=4",
@@ -171,7 +171,7 @@ def test_resume_after_interruption(tmp_path):
 def test_zoo_architecture_through_the_config(tmp_path):
     """A zoo network (SMP design, resnet18 encoder, 1 input channel) trains and exports through the same path."""
     cfg = load_config("quickstart", TINY + [
-        "model.arch=linknet", "model.encoder=resnet18", "model.options={}", "data.image_size=64",
+        "model.arch=linknet", "model.encoder=resnet18", "model.options={}", "data.synthetic.image_size=64",
         "teacher.max_span=64", "train.epochs=1",
     ])
     metrics = train(cfg, tmp_path / "z", progress=lambda s: None)

@@ -80,15 +80,15 @@ def _load(cfg: Config) -> DataBundle:
         from axial_kd_tf.data import synthetic
 
         def split(name: str, num: int) -> tuple[np.ndarray, np.ndarray]:
-            return synthetic.load_split(name, num, d.image_size, d.seed, cache_dir=d.cache_dir)
+            return synthetic.load_split(name, num, d.synthetic.image_size, d.seed, cache_dir=d.cache_dir)
 
-        train = split("train", d.train_samples)
+        train = split("train", d.synthetic.train_samples)
         return DataBundle(
             class_names=tuple(synthetic.CLASS_NAMES),
             in_channels=1,
             train_images=train[0],
             train_masks=train[1],
-            splits={"val": split("val", d.val_samples), "test": split("test", d.test_samples)},
+            splits={"val": split("val", d.synthetic.val_samples), "test": split("test", d.synthetic.test_samples)},
         )
     if d.dataset == "sstem":
         from axial_kd_tf.data import sstem

@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=("median", "inverse"), default="median",
                    help="median-frequency balancing (default) or inverse frequency")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
-                   help="data config value, e.g. --set data.train_slices=60 or data.fold=2 (repeatable)")
+                   help="data config value, e.g. --set data.covid.train_slices=60 or data.sstem.fold=2 (repeatable)")
 
     p = sub.add_parser("phantom", help="write a synthetic CT phantom in the MedSeg layout (covid) to try the covid "
                        "path offline; not real data")
@@ -73,7 +73,7 @@ def _class_weights(name: str, folder: Optional[Path], kind: str, overrides: Sequ
     raw: dict = {"data": {"dataset": name, "root": str(folder) if folder else None}}
     for assignment in overrides:
         if not assignment.startswith("data."):
-            raise UserError(f"--set {assignment}: only data.* keys apply here (e.g. data.train_slices=60)")
+            raise UserError(f"--set {assignment}: only data.* keys apply here (e.g. data.covid.train_slices=60)")
         apply_override(raw, assignment)
     data = load_data(config_from_dict(raw))
     freqs = class_frequencies(data.train_masks, data.num_classes)
@@ -89,7 +89,7 @@ def _train_command(root: Path, slices: int, size: int) -> str:
     if slices < 86:  # covid.yaml's 70 + 15 slices would leave no test slice
         train, val = max(1, round(0.7 * slices)), max(1, round(0.15 * slices))
         train = min(train, slices - val - 1)
-        parts += [f"--set data.train_slices={train}", f"--set data.val_slices={val}"]
+        parts += [f"--set data.covid.train_slices={train}", f"--set data.covid.val_slices={val}"]
     if size < 256:  # covid.yaml crops 256² windows
         parts.append("--set data.crop_size=null")
     return " ".join(parts)

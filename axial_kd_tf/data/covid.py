@@ -21,10 +21,10 @@ Classes: MedSeg's labels 0-3 (:data:`CLASS_NAMES`) by default. ``data.value_map`
 ``class_names: [background, infection]`` for a binary infection model; ``class_names`` alone (K names) reads mask
 values 0..K-1 as they are (a binary mask file).
 
-Intensities: ``data.window = [low, high]`` clips to the window in HU and scales it to [0, 1]; ``null`` scales the
+Intensities: ``data.covid.window = [low, high]`` clips to the window in HU and scales it to [0, 1]; ``null`` scales the
 minimum and maximum of the whole volume (all slices, so every split sees the same mapping) to [0, 1]. One channel.
 
-Splits, in slice order: the first ``data.train_slices`` (70) train, the next ``data.val_slices`` (15) validation,
+Splits, in slice order: the first ``data.covid.train_slices`` (70) train, the next ``data.covid.val_slices`` (15) validation,
 the rest (15) test. ``data.tile_size`` cuts the evaluation splits into tiles (default null: whole 512² slices).
 
 Class weights for the cross-entropy (optional; the default is the paper's plain CE) follow from the training pixel
@@ -155,7 +155,7 @@ def normalize(volume: np.ndarray, window: Optional[Sequence[float]] = None) -> n
     if window is not None:
         low, high = float(window[0]), float(window[1])
         if not high > low:
-            raise UserError(f"data.window {list(window)} must be [low, high] with low < high (e.g. [-1000, 400])")
+            raise UserError(f"data.covid.window {list(window)} must be [low, high] with low < high (e.g. [-1000, 400])")
         out = (np.clip(volume, low, high) - low) / (high - low)
     else:
         low, high = float(volume.min()), float(volume.max())
@@ -232,12 +232,12 @@ def load(d: DataConfig):
 
     mapping, names = class_map(d.value_map, d.class_names)  # before reading 40 MB: a bad map fails fast
     root = resolve_root(d.root, "covid")
-    images, masks = load_arrays(root, d.window, None if d.value_map is None and d.class_names is None else mapping)
+    images, masks = load_arrays(root, d.covid.window, None if d.value_map is None and d.class_names is None else mapping)
     depth = len(images)
-    if d.train_slices + d.val_slices >= depth:
-        raise UserError(f"data.train_slices ({d.train_slices}) + data.val_slices ({d.val_slices}) must be less than "
+    if d.covid.train_slices + d.covid.val_slices >= depth:
+        raise UserError(f"data.covid.train_slices ({d.covid.train_slices}) + data.covid.val_slices ({d.covid.val_slices}) must be less than "
                         f"the {depth} slices of '{root / IMAGE_FILE}' so that test slices remain")
-    a, b = d.train_slices, d.train_slices + d.val_slices
+    a, b = d.covid.train_slices, d.covid.train_slices + d.covid.val_slices
     splits = {"val": (images[a:b], masks[a:b]), "test": (images[b:], masks[b:])}
     if d.tile_size:
         splits = {name: (tiles(x, d.tile_size), tiles(y, d.tile_size)) for name, (x, y) in splits.items()}

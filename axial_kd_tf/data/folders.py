@@ -128,7 +128,7 @@ def _require_dir(path: Path, what: str) -> Path:
     return path
 
 
-_LAYOUT_HINT = ("data.root must hold images/ and masks/ (one pool, split by data.val_fraction / data.test_fraction), "
+_LAYOUT_HINT = ("data.root must hold images/ and masks/ (one pool, split by data.folders.val_fraction / test_fraction), "
                 "or train/ and val/ (and optionally test/), each with images/ and masks/")
 
 
@@ -199,7 +199,7 @@ def split_pairs(pairs: Sequence[Pair], val_fraction: float, test_fraction: float
     n_test = max(1, int(round(test_fraction * n))) if test_fraction > 0 else 0
     if n - n_val - n_test < 1:
         need = 2 + (test_fraction > 0)
-        raise UserError(f"only {n} image/mask pair(s); data.val_fraction {val_fraction} and data.test_fraction "
+        raise UserError(f"only {n} image/mask pair(s); data.folders.val_fraction {val_fraction} and test_fraction "
                         f"{test_fraction} leave none for training: add images (at least {need}) or lower the fractions")
     order = np.random.default_rng(int(seed)).permutation(n)
     val_idx, test_idx, train_idx = order[:n_val], order[n_val:n_val + n_test], order[n_val + n_test:]
@@ -217,7 +217,7 @@ def plan(cfg: DataConfig) -> FolderPlan:
     notes: list[str] = []
     if layout == "pool":
         pairs = match_pairs(*dirs["pool"])
-        splits = split_pairs(pairs, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        splits = split_pairs(pairs, cfg.folders.val_fraction, cfg.folders.test_fraction, cfg.seed)
         notes.append(f"{len(pairs)} pairs split by data.seed {cfg.seed}: " +
                      ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
     else:
@@ -229,7 +229,7 @@ def plan(cfg: DataConfig) -> FolderPlan:
                 notes.append(f"{len(shared)} stem(s) appear in both train/ and {split}/: {_names(shared)}")
     test_is_val = "test" not in splits
     if test_is_val:
-        notes.append("no test split (data.test_fraction 0 or no test/ folder): 'test' is the validation split")
+        notes.append("no test split (data.folders.test_fraction 0 or no test/ folder): 'test' is the validation split")
     return FolderPlan(layout=layout, splits=splits, test_is_val=test_is_val, notes=notes)
 
 

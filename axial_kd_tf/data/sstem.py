@@ -46,7 +46,7 @@ def label_name(index: int) -> str:
 def fold_blocks(fold: int) -> dict[str, list[int]]:
     """Image indices of each split for ``fold`` (0–4): train = blocks f..f+2, val = f+3, test = f+4 (mod 5)."""
     if not 0 <= fold < NUM_FOLDS:
-        raise UserError(f"config key 'data.fold' must be between 0 and {NUM_FOLDS - 1}, got {fold}")
+        raise UserError(f"config key 'data.sstem.fold' must be between 0 and {NUM_FOLDS - 1}, got {fold}")
 
     def block(b: int) -> list[int]:
         b %= NUM_FOLDS
@@ -89,10 +89,10 @@ def read_section(root: Path, index: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load(d: DataConfig) -> DataBundle:
-    """The ssTEM bundle for ``d.fold``: 12 full training sections; val / test as ``d.tile_size`` tiles (or whole)."""
+    """The ssTEM bundle for ``d.sstem.fold``: 12 full training sections; val / test as ``d.tile_size`` tiles (or whole)."""
     root = resolve_root(d.root, "sstem")
     check_files(root)
-    blocks = fold_blocks(d.fold)
+    blocks = fold_blocks(d.sstem.fold)
     arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     shape = None
     for split, indices in blocks.items():

@@ -4,7 +4,7 @@
 
 Every run is an ordinary ``train.py`` run directory under ``<out>/<name>/runs/<arch>/<mode>/fold<f>-seed<s>/`` whose
 configuration is the base config + ``--set`` overrides + ``model.arch``, ``distill.enabled`` (``baseline`` = false,
-``distill`` = true), ``data.fold`` and ``train.seed``/``data.seed``. A run is trained (or resumed when it was
+``distill`` = true), ``data.sstem.fold`` and ``train.seed``/``data.seed``. A run is trained (or resumed when it was
 interrupted), then evaluated on the ``test`` split (``test_metrics.json``, ``test_predictions.npz``); a run that is
 already evaluated is skipped, so rerunning the same command continues an interrupted grid. After every run the
 aggregate under ``<out>/<name>/`` is rewritten (atomically): ``table.md``/``table.csv`` (the paper's layout, mean ± std

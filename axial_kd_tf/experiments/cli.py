@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up and C++ log messages")
     p.add_argument("--archs", default=None,
                    help="'all' (the nine zoo architectures) or a comma list (default: the config's model.arch)")
-    p.add_argument("--folds", default=None, help="e.g. 0-4, 0,2 or 3; sets data.fold (default: the config's)")
+    p.add_argument("--folds", default=None, help="e.g. 0-4, 0,2 or 3; sets data.sstem.fold (default: the config's)")
     p.add_argument("--seeds", default=None,
                    help="e.g. 1 or 1-3; sets train.seed and data.seed (default: the config's train.seed, unchanged)")
     p.add_argument("--modes", default="baseline,distill", help="baseline (without), distill (with); default both")
@@ -169,7 +169,7 @@ def resolve_grid(args: argparse.Namespace) -> Grid:
     dataset = base_cfg.data.dataset
     n_folds = FOLD_DATASETS.get(dataset)
     if args.folds is None:
-        folds = [base_cfg.data.fold]
+        folds = [base_cfg.data.sstem.fold]
     elif n_folds:
         folds = parse_int_list(args.folds, "folds", 0, n_folds - 1)
     else:
@@ -178,9 +178,9 @@ def resolve_grid(args: argparse.Namespace) -> Grid:
             raise UserError(f"--folds {args.folds}: dataset '{dataset}' has no folds (only "
                             f"{', '.join(FOLD_DATASETS)} has); pass --folds 0 or leave --folds out")
     seeds = parse_int_list(args.seeds, "seeds", 0) if args.seeds is not None else [base_cfg.train.seed]
-    if args.split == "test" and dataset == "folders" and base_cfg.data.test_fraction == 0:
-        raise UserError("runs are evaluated on the test split, but data.test_fraction is 0 (dataset: folders); "
-                        "set e.g. --set data.test_fraction=0.2")
+    if args.split == "test" and dataset == "folders" and base_cfg.data.folders.test_fraction == 0:
+        raise UserError("runs are evaluated on the test split, but data.folders.test_fraction is 0 (dataset: "
+                        "folders); set e.g. --set data.folders.test_fraction=0.2")
     variants = build_variants(args.sweeps, args.variants)
     if variants and "distill" not in modes:
         raise UserError("--sweep/--variants give variants of the distill runs, but --modes has no distill")

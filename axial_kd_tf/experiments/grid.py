@@ -14,8 +14,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from axial_kd_tf import study
-from axial_kd_tf.config import RENAMED_KEYS, config_from_dict, first_difference, load_config
+from axial_kd_tf.config import MOVED_KEYS, config_from_dict, first_difference, load_config
 from axial_kd_tf.errors import UserError
+from axial_kd_tf.typed_yaml import dotted_get as _get
+from axial_kd_tf.typed_yaml import dotted_has as _has
+from axial_kd_tf.typed_yaml import dotted_pop as _pop
+from axial_kd_tf.typed_yaml import dotted_set as _set
 from axial_kd_tf.variants import GRID_KEYS, Variant
 
 
@@ -23,7 +27,7 @@ MODES = ("baseline", "distill")
 MODE_LABELS = {"baseline": "without", "distill": "with"}
 FOLD_DATASETS = {"sstem": 5}  # datasets with a fold protocol -> number of folds
 # Keys that define which run a directory holds: a finished run that differs here is in the wrong place.
-IDENTITY_KEYS = ("model.arch", "distill.enabled", "data.dataset", "data.fold")
+IDENTITY_KEYS = ("model.arch", "distill.enabled", "data.dataset", "data.sstem.fold")
 # GRID_KEYS (axial_kd_tf.variants): keys that vary across the grid by design (left out of a run's configuration
 # digest, as are machine-local keys such as data.root: the digest identifies the same base config on any machine).
 # train.distribute says how a run is executed, not what it trains (a mirrored step equals the one-device step).
@@ -166,39 +170,6 @@ def resolve_modes(text: str) -> list[str]:
     return out
 
 
-def _get(raw: Mapping, dotted: str) -> Any:
-    node: Any = raw
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, Mapping) else None
-    return node
-
-
-def _has(raw: Mapping, dotted: str) -> bool:
-    node: Any = raw
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return False
-        node = node[part]
-    return True
-
-
-def _pop(raw: dict, dotted: str) -> None:
-    parts = dotted.split(".")
-    node: Any = raw
-    for part in parts[:-1]:
-        node = node.get(part, {}) if isinstance(node, dict) else {}
-    if isinstance(node, dict):
-        node.pop(parts[-1], None)
-
-
-def _set(raw: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = raw
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-
-
 def run_config(base: dict, spec: RunSpec, set_fold: bool = True, set_seed: bool = True):
     """The run's :class:`Config`: base (already with ``--set`` overrides) + the variant's overrides (distill runs of a
     study) + arch, mode, fold and seeds."""
@@ -209,7 +180,7 @@ def run_config(base: dict, spec: RunSpec, set_fold: bool = True, set_seed: bool 
     _set(raw, "model.arch", spec.arch)
     _set(raw, "distill.enabled", spec.mode == "distill")
     if set_fold:
-        _set(raw, "data.fold", spec.fold)
+        _set(raw, "data.sstem.fold", spec.fold)
     if set_seed:
         _set(raw, "train.seed", spec.seed)
         _set(raw, "data.seed", spec.seed)
@@ -228,10 +199,12 @@ def config_digest(raw: Mapping, reset: Optional[Mapping[str, Any]] = None) -> st
             _set(raw, key, json.loads(json.dumps(value)))
     for key in DIGEST_EXCLUDED:
         _pop(raw, key)
-    for old_name, new_name in RENAMED_KEYS.items():  # hashed under the names earlier records were digested with
-        section, _, key = new_name.partition(".")
-        if key in raw.get(section, {}):
-            raw[section][old_name.partition(".")[2]] = raw[section].pop(key)
+    for old_name, new_name in MOVED_KEYS.items():  # hashed under the names earlier records were digested with
+        if _has(raw, new_name):
+            _set(raw, old_name, _pop(raw, new_name))
+    for section in ("synthetic", "sstem", "covid", "folders"):  # emptied by the moves back (or never there)
+        if not raw.get("data", {}).get(section, True):
+            raw["data"].pop(section)
     for key, default in DIGEST_OMITTED_AT_DEFAULT.items():
         section, _, name = key.partition(".")
         if raw.get(section, {}).get(name, default) == default:
