@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from axial_kd_tf.errors import UserError
-from axial_kd_tf.typed_yaml import build_dataclass, move_keys, read_yaml_mapping, yaml_load
+from axial_kd_tf.typed_yaml import build_dataclass, move_keys, moved_name, read_yaml_mapping, yaml_load
 
 
 def _config_dir() -> Path:
@@ -240,9 +239,7 @@ MOVED_KEYS = {
 
 def current_key(dotted: str) -> str:
     """The key's name today: ``dotted`` itself, or its new name when it is an old one (with a warning)."""
-    if dotted in MOVED_KEYS:
-        print(f"warning: config key '{dotted}' is now '{MOVED_KEYS[dotted]}'; rename it", file=sys.stderr)
-    return MOVED_KEYS.get(dotted, dotted)
+    return moved_name(dotted, MOVED_KEYS)
 
 
 def _check(cond: bool, key: str, message: str) -> None:

@@ -169,6 +169,14 @@ def dotted_set(raw: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def moved_name(dotted: str, moved: Mapping[str, str], where: str = "") -> str:
+    """``dotted``'s name today: its new name, with a warning, when it is an old one (a key of ``moved``)."""
+    if dotted not in moved:
+        return dotted
+    print(f"warning: config key '{dotted}' is now '{moved[dotted]}'{where}; rename it", file=sys.stderr)
+    return moved[dotted]
+
+
 def move_keys(raw: dict, moved: Mapping[str, str], where: str = "") -> dict:
     """Move, in place, every key of ``raw`` given under an old dotted name (a key of ``moved``) to its new one, with a
     warning; the old and the new name both given is an error. ``where`` (e.g. `` in 'a.yaml'``)
@@ -179,8 +187,7 @@ def move_keys(raw: dict, moved: Mapping[str, str], where: str = "") -> dict:
         if dotted_has(raw, new):
             raise UserError(f"config keys '{old}' and '{new}'{where} are the same setting ('{old}' is its old name); "
                             f"keep only '{new}'")
-        dotted_set(raw, new, dotted_pop(raw, old))
-        print(f"warning: config key '{old}' is now '{new}'{where}; rename it", file=sys.stderr)
+        dotted_set(raw, moved_name(old, moved, where), dotted_pop(raw, old))
     return raw
 
 

@@ -202,9 +202,9 @@ def config_digest(raw: Mapping, reset: Optional[Mapping[str, Any]] = None) -> st
     for old_name, new_name in MOVED_KEYS.items():  # hashed under the names earlier records were digested with
         if _has(raw, new_name):
             _set(raw, old_name, _pop(raw, new_name))
-    for section in ("synthetic", "sstem", "covid", "folders"):  # emptied by the moves back (or never there)
-        if not raw.get("data", {}).get(section, True):
-            raw["data"].pop(section)
+        section = new_name.rpartition(".")[0]
+        if _get(raw, section) == {}:  # a sub-section the moves back (or the exclusions) emptied
+            _pop(raw, section)
     for key, default in DIGEST_OMITTED_AT_DEFAULT.items():
         section, _, name = key.partition(".")
         if raw.get(section, {}).get(name, default) == default:
