@@ -131,7 +131,8 @@ def arch_overrides(arch: str, args: argparse.Namespace) -> list[str]:
     return [
         *args.overrides,
         "model.library=native", f"model.arch={arch}", f"model.encoder={args.encoder}", "model.encoder_weights=null",
-        "model.options={}", f"data.synthetic.image_size={args.size}", "data.crop_size=null", f"train.batch_size={args.batch}",
+        "model.options={}", f"data.synthetic.image_size={args.size}", "data.crop_size=null",
+        f"train.batch_size={args.batch}",
     ]
 
 

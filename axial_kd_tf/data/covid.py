@@ -24,8 +24,8 @@ values 0..K-1 as they are (a binary mask file).
 Intensities: ``data.covid.window = [low, high]`` clips to the window in HU and scales it to [0, 1]; ``null`` scales the
 minimum and maximum of the whole volume (all slices, so every split sees the same mapping) to [0, 1]. One channel.
 
-Splits, in slice order: the first ``data.covid.train_slices`` (70) train, the next ``data.covid.val_slices`` (15) validation,
-the rest (15) test. ``data.tile_size`` cuts the evaluation splits into tiles (default null: whole 512² slices).
+Splits, in slice order: the first ``data.covid.train_slices`` (70) train, the next ``data.covid.val_slices`` (15)
+validation, the rest (15) test. ``data.tile_size`` cuts the evaluation splits into tiles (default null: whole 512² slices).
 
 Class weights for the cross-entropy (optional; the default is the paper's plain CE) follow from the training pixel
 shares: ``class_weights_from_frequencies(class_frequencies(bundle.train_masks, 4), "median")``, or
@@ -232,10 +232,12 @@ def load(d: DataConfig):
 
     mapping, names = class_map(d.value_map, d.class_names)  # before reading 40 MB: a bad map fails fast
     root = resolve_root(d.root, "covid")
-    images, masks = load_arrays(root, d.covid.window, None if d.value_map is None and d.class_names is None else mapping)
+    relabel = None if d.value_map is None and d.class_names is None else mapping
+    images, masks = load_arrays(root, d.covid.window, relabel)
     depth = len(images)
     if d.covid.train_slices + d.covid.val_slices >= depth:
-        raise UserError(f"data.covid.train_slices ({d.covid.train_slices}) + data.covid.val_slices ({d.covid.val_slices}) must be less than "
+        raise UserError(f"data.covid.train_slices ({d.covid.train_slices}) + data.covid.val_slices "
+                        f"({d.covid.val_slices}) must be less than "
                         f"the {depth} slices of '{root / IMAGE_FILE}' so that test slices remain")
     a, b = d.covid.train_slices, d.covid.train_slices + d.covid.val_slices
     splits = {"val": (images[a:b], masks[a:b]), "test": (images[b:], masks[b:])}

@@ -128,8 +128,8 @@ def _require_dir(path: Path, what: str) -> Path:
     return path
 
 
-_LAYOUT_HINT = ("data.root must hold images/ and masks/ (one pool, split by data.folders.val_fraction / test_fraction), "
-                "or train/ and val/ (and optionally test/), each with images/ and masks/")
+_LAYOUT_HINT = ("data.root must hold images/ and masks/ (one pool, split by data.folders.val_fraction / "
+                "test_fraction), or train/ and val/ (and optionally test/), each with images/ and masks/")
 
 
 def find_split_dirs(root: Path) -> tuple[str, dict[str, tuple[Path, Path]]]:

@@ -89,7 +89,8 @@ def read_section(root: Path, index: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load(d: DataConfig) -> DataBundle:
-    """The ssTEM bundle for ``d.sstem.fold``: 12 full training sections; val / test as ``d.tile_size`` tiles (or whole)."""
+    """The ssTEM bundle for ``d.sstem.fold``: 12 full training sections; val / test as ``d.tile_size`` tiles (or
+    whole)."""
     root = resolve_root(d.root, "sstem")
     check_files(root)
     blocks = fold_blocks(d.sstem.fold)
