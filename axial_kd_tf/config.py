@@ -21,7 +21,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from axial_kd_tf.errors import UserError
-from axial_kd_tf.typed_yaml import build_dataclass, move_keys, moved_name, read_yaml_mapping, yaml_load
+from axial_kd_tf.typed_yaml import build_dataclass, dotted_set, move_keys, moved_name, read_yaml_mapping, yaml_load
 
 
 def _config_dir() -> Path:
@@ -343,17 +343,10 @@ def apply_override(raw: dict, assignment: str) -> None:
         value = yaml_load(text) if text.strip() else None
     except yaml.YAMLError:
         value = text
-    dotted = current_key(dotted)
-    parts = dotted.split(".")
-    node = raw
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:  # absent, or an empty section (``train:``) in the YAML file
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise UserError(f"override '{assignment}': '{part}' is not a section")
-        node = child
-    node[parts[-1]] = value
+    try:
+        dotted_set(raw, current_key(dotted), value)
+    except UserError as err:  # name the command-line assignment the user typed
+        raise UserError(f"override '{assignment}': {err}") from None
 
 
 def config_from_dict(raw: dict) -> Config:

@@ -25,11 +25,11 @@ import numpy as np  # noqa: E402
 # most of these processes' time, and the positional terms' synchronized moments are checked on the layer itself
 # (axial_layer_check, every term on) rather than in each trained network.
 TINY = [
-    "data.synthetic.image_size=16", "data.synthetic.train_samples=16", "data.synthetic.val_samples=4", "data.synthetic.test_samples=4",
-    "model.options={base_filters: 4, depth: 2}", "teacher.hidden_dim=4", "teacher.max_span=16",
-    "teacher.pool_size=1", "teacher.use_positional_encoding=false", "train.batch_size=8", "train.jit_compile=false",
-    "logging.num_images=1", "logging.verbose=0", "export.verify_samples=2", "export.calibration_samples=2",
-    "export.enabled=false",
+    "data.synthetic.image_size=16", "data.synthetic.train_samples=16", "data.synthetic.val_samples=4",
+    "data.synthetic.test_samples=4", "model.options={base_filters: 4, depth: 2}", "teacher.hidden_dim=4",
+    "teacher.max_span=16", "teacher.pool_size=1", "teacher.use_positional_encoding=false", "train.batch_size=8",
+    "train.jit_compile=false", "logging.num_images=1", "logging.verbose=0",
+    "export.verify_samples=2", "export.calibration_samples=2", "export.enabled=false",
 ]
 
 
