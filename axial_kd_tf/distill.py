@@ -124,7 +124,7 @@ class DistillationTrainer(keras.Model):
         class_names: Sequence[str] | None = None,
         student_weight: float = 1.0,
         teacher_weight: float = 1.0,
-        distill_weight: float = 1.0,
+        distill_weight: float = 10.0,
         target: str = "kl",
         temperature: float = 2.0,
         mask: str = "teacher_fixes",

@@ -157,7 +157,7 @@ def self_distillation_loss(
     target: str = "kl",
     temperature: float = 2.0,
     mask: str = "teacher_fixes",
-    weights: Sequence[Any] = (1.0, 1.0, 1.0),
+    weights: Sequence[Any] = (1.0, 1.0, 10.0),
     ignore_index: int | None = None,
     class_weights: Sequence[float] | None = None,
     stop_gradient_teacher: bool = True,
@@ -167,8 +167,8 @@ def self_distillation_loss(
     ``total = w_s·CE(labels, student) + w_t·CE(labels, teacher) + w_d·D(student, teacher)`` with
     ``(w_s, w_t, w_d) = weights``, ``D`` = :func:`distillation_loss` (``target``, ``temperature``) over the pixels
     :func:`distillation_mask` chooses (``mask``). The defaults are the library's (``DistillConfig``: T²·KL at
-    T = 2 on the pixels the teacher classifies correctly); the paper's form is ``target="logits",
-    temperature=1.0, mask="none"``. This is what :class:`~axial_kd_tf.distill.DistillationTrainer` minimises (its
+    T = 2, weighted 10, on the pixels the teacher classifies correctly and the student does not); the paper's form
+    is ``target="logits", temperature=1.0, mask="none", weights=(1, 1, 1)``. This is what :class:`~axial_kd_tf.distill.DistillationTrainer` minimises (its
     ``w_d`` may be a tensor: the warm-up ramp). ``teacher=None`` is the CE-only baseline, ``w_s·CE(student)``.
 
     ``labels`` are class ids ``[B, H, W]``; ``student`` and ``teacher`` are logits ``[B, H, W, K]`` (channels last,

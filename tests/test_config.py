@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,8 @@ def test_defaults_load_without_a_file():
 # The loss and teacher settings the teacher study chose (docs/method.md), which every shipped distillation config
 # follows; the study's own base config pins the paper's form instead, so it is exempt.
 STUDY_CHOICE = {"distill.target": "kl", "distill.temperature": 2.0, "distill.mask": "teacher_fixes",
-                "teacher.detach_input": True}
+                "distill.distill_weight": 10.0, "teacher.detach_input": True, "teacher.hidden_dim": 32,
+                "teacher.num_blocks": 2}
 
 
 def _study_keys(cfg: dict) -> dict:
@@ -81,6 +83,21 @@ def test_shipped_configs_use_the_studys_teacher_and_loss(path: Path):
 
 def test_library_defaults_are_the_studys_choice():
     assert _study_keys(Config().to_dict()) == STUDY_CHOICE
+
+
+def test_head_and_trainer_defaults_are_the_configs():
+    """A Python user who builds the head and trainer without arguments trains what train.py trains by default."""
+    from axial_kd_tf.distill import DistillationTrainer
+    from axial_kd_tf.layers import AxialTeacherHead
+
+    cfg = Config()
+    head = inspect.signature(AxialTeacherHead).parameters
+    for field in dataclasses.fields(cfg.teacher):
+        assert head[field.name].default == getattr(cfg.teacher, field.name), f"teacher.{field.name}"
+    trainer = inspect.signature(DistillationTrainer).parameters
+    for name in ("student_weight", "teacher_weight", "distill_weight", "target", "temperature", "mask",
+                 "stop_gradient_teacher", "ignore_index", "class_weights"):
+        assert trainer[name].default == getattr(cfg.distill, name), f"distill.{name}"
 
 
 def test_quickstart_and_baseline_differ_only_in_distillation_and_name():

@@ -49,13 +49,13 @@ CASES = {
     # AxialTeacherHead: in/out projections (2 + 2), two axial passes per block, the gate when it is learnt.
     "head_pooled_plain": LayerCase(AxialTeacherHead, dict(num_classes=5, hidden_dim=12, num_heads=3, key_dim=2,
                                                           max_span=7, use_positional_encoding=False,
-                                                          use_normalization=False, pool_size=2),
+                                                          use_normalization=False, pool_size=2, num_blocks=1),
                                    _x(1, 8, 10, 5), (1, 8, 10, 5), 4 + 2 * 2 + 1),
     "head_direct_two_blocks": LayerCase(AxialTeacherHead, dict(num_classes=5, hidden_dim=8, num_heads=2, max_span=8,
                                                                residual=False, num_blocks=2),
                                         _x(1, 8, 10, 5), (1, 8, 10, 5), 4 + 2 * 2 * 10, 2 * 2 * 6),
     "head_fixed_gate": LayerCase(AxialTeacherHead, dict(num_classes=5, hidden_dim=8, gate_init=0.5,
-                                                        gate_trainable=False, detach_input=True),
+                                                        gate_trainable=False, detach_input=True, num_blocks=1),
                                  _x(1, 8, 10, 5), (1, 8, 10, 5), 4 + 2 * 10, 2 * 6 + 1),
     # The zoo's weight-free layers.
     "resize_nearest_x2": LayerCase(Resize, dict(scale=2, interpolation="nearest"), X, (2, 10, 14, 3), 0,

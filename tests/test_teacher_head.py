@@ -19,7 +19,7 @@ def _params_of(layer) -> dict:
 def test_matches_numpy_reference(pos, norm, heads):
     x = np.random.default_rng(0).normal(size=(2, 7, 6, 3)).astype("float32")
     head = AxialTeacherHead(3, hidden_dim=4, num_heads=heads, max_span=5, use_positional_encoding=pos,
-                            use_normalization=norm)
+                            use_normalization=norm, num_blocks=1)
     head(x)
     p_h = randomize_weights(head.height_attention, seed=1)
     p_w = randomize_weights(head.width_attention, seed=2)
@@ -46,7 +46,7 @@ def test_teacher_starts_equal_to_student(pool):
 
 def test_pooled_branch_is_upsampled_to_input_size():
     x = np.random.default_rng(2).normal(size=(1, 13, 18, 4)).astype("float32")  # not divisible by the pool
-    head = AxialTeacherHead(4, hidden_dim=8, pool_size=4)
+    head = AxialTeacherHead(4, hidden_dim=8, pool_size=4, num_blocks=1)
     head(x)
     head.gate.assign(1.0)
     y = np.asarray(head(x))
@@ -110,7 +110,8 @@ def test_fixed_gate_is_not_trained_and_teacher_differs_from_start():
 
 def test_first_block_weights_keep_one_block_names():
     """A two-block head's first block has the one-block head's weight paths (its weights load by name)."""
-    one, two = AxialTeacherHead(5, hidden_dim=8, name="h"), AxialTeacherHead(5, hidden_dim=8, num_blocks=2, name="h")
+    one = AxialTeacherHead(5, hidden_dim=8, num_blocks=1, name="h")
+    two = AxialTeacherHead(5, hidden_dim=8, num_blocks=2, name="h")
     x = np.zeros((1, 4, 4, 5), "float32")
     one(x), two(x)
     assert {w.path for w in one.weights} < {w.path for w in two.weights}

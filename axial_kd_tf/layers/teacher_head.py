@@ -55,13 +55,14 @@ class AxialTeacherHead(keras.layers.Layer):
         gate_init: initial value of the residual gate (0: the teacher starts as the student).
         gate_trainable: learn the gate (True) or keep it at ``gate_init`` (a fixed residual weight).
         num_blocks: axial blocks (a height pass and a width pass each) in the branch; blocks after the first are
-            residual within the branch.
+            residual within the branch. ``hidden_dim=32, num_blocks=2`` by default since the teacher study's stage 2
+            (docs/method.md); one 16-channel block is the lighter head the study started from.
     """
 
     def __init__(
         self,
         num_classes: int,
-        hidden_dim: int = 16,
+        hidden_dim: int = 32,
         num_heads: int = 1,
         key_dim: int | None = None,
         max_span: int = 256,
@@ -72,7 +73,7 @@ class AxialTeacherHead(keras.layers.Layer):
         residual: bool = True,
         gate_init: float = 0.0,
         gate_trainable: bool = True,
-        num_blocks: int = 1,
+        num_blocks: int = 2,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
