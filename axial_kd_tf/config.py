@@ -78,8 +78,7 @@ class DistillConfig:
 
     ``target``: D is the MSE on ``logits`` (the paper), on ``probabilities``, or ``kl`` (T²·KL at ``temperature``);
     ``mask``: distil every pixel (``none``), only where the teacher is right (``teacher_correct``), right where the
-    student is wrong (``teacher_fixes``), gives the label a higher probability than the student (``teacher_better``)
-    or is more confident than it (``teacher_confident``);
+    student is wrong (``teacher_fixes``) or gives the label a higher probability than the student (``teacher_better``);
     ``warmup``: w_d ramps linearly from 0 over this fraction of training; ``delay``: w_d is 0 for this fraction of
     training first (the ramp starts after it).
     """
@@ -93,7 +92,8 @@ class DistillConfig:
     # mask: none, distill_weight 1, with teacher.detach_input: false and one 16-channel block.
     target: Literal["logits", "probabilities", "kl"] = "kl"
     temperature: float = 2.0
-    mask: Literal["none", "teacher_correct", "teacher_fixes", "teacher_better", "teacher_confident"] = "teacher_fixes"
+    # teacher_confident (teacher surer than the student) was removed: the study never supported it (docs/method.md).
+    mask: Literal["none", "teacher_correct", "teacher_fixes", "teacher_better"] = "teacher_fixes"
     warmup: float = 0.0
     delay: float = 0.0
     stop_gradient_teacher: bool = True

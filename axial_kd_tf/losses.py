@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from keras import ops
 
 TARGETS = ("logits", "probabilities", "kl")
-MASKS = ("none", "teacher_correct", "teacher_fixes", "teacher_better", "teacher_confident")
+MASKS = ("none", "teacher_correct", "teacher_fixes", "teacher_better")
 
 
 def softmax_cross_entropy(
@@ -89,8 +89,7 @@ def distillation_mask(labels: Any, student: Any, teacher: Any, mask: str = "none
       surer of the majority class would push a rare class's logit down at every pixel, which CE alone does not);
     * ``teacher_better``: pixels where the teacher gives the *label* a higher softmax probability than the student
       does, so the term only pulls the student towards a distribution that is closer to the label there (on the
-      other pixels distillation would work against the student's CE);
-    * ``teacher_confident``: pixels where the teacher's top softmax probability exceeds the student's.
+      other pixels distillation would work against the student's CE).
     """
     if mask == "none":
         return ops.ones(ops.shape(student)[:-1], dtype="float32")
@@ -114,11 +113,6 @@ def distillation_mask(labels: Any, student: Any, teacher: Any, mask: str = "none
         p_t = ops.take_along_axis(ops.softmax(t, axis=-1), y, axis=-1)[..., 0]
         p_s = ops.take_along_axis(ops.softmax(s, axis=-1), y, axis=-1)[..., 0]
         return ops.cast(ops.logical_and(valid, ops.greater(p_t, p_s)), "float32")
-    if mask == "teacher_confident":
-        s = ops.stop_gradient(ops.cast(student, "float32"))
-        conf_t = ops.max(ops.softmax(t, axis=-1), axis=-1)
-        conf_s = ops.max(ops.softmax(s, axis=-1), axis=-1)
-        return ops.cast(ops.greater(conf_t, conf_s), "float32")
     raise ValueError(f"mask must be one of {', '.join(MASKS)}, got {mask!r}")
 
 
