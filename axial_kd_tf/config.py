@@ -52,8 +52,8 @@ class TeacherConfig:
     """The Axial-Attention teacher head: its keys are :class:`axial_kd_tf.layers.AxialTeacherHead`'s arguments, so
     the head is built straight from this section."""
 
-    # 32 channels and 2 blocks since the teacher study's stage 2 (docs/method.md): the only teacher that differed
-    # measurably from its student (LinkNet), chosen by the study's rule on 9 pairs; it costs 4x the 1x16 head's FLOPs.
+    # 32 channels and 2 blocks since the teacher study's stage 2 (docs/method.md), chosen by its rule on 9 pairs;
+    # about 4x the attention FLOPs of one 16-channel block.
     hidden_dim: int = 32
     num_heads: int = 1
     key_dim: Optional[int] = None

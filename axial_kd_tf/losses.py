@@ -162,8 +162,9 @@ def self_distillation_loss(
     ``(w_s, w_t, w_d) = weights``, ``D`` = :func:`distillation_loss` (``target``, ``temperature``) over the pixels
     :func:`distillation_mask` chooses (``mask``). The defaults are the library's (``DistillConfig``: T²·KL at
     T = 2, weighted 10, on the pixels the teacher classifies correctly and the student does not); the paper's form
-    is ``target="logits", temperature=1.0, mask="none", weights=(1, 1, 1)``. This is what :class:`~axial_kd_tf.distill.DistillationTrainer` minimises (its
-    ``w_d`` may be a tensor: the warm-up ramp). ``teacher=None`` is the CE-only baseline, ``w_s·CE(student)``.
+    is ``target="logits", temperature=1.0, mask="none", weights=(1, 1, 1)``. This is what
+    :class:`~axial_kd_tf.distill.DistillationTrainer` minimises (its ``w_d`` may be a tensor: the warm-up ramp).
+    ``teacher=None`` is the CE-only baseline, ``w_s·CE(student)``.
 
     ``labels`` are class ids ``[B, H, W]``; ``student`` and ``teacher`` are logits ``[B, H, W, K]`` (channels last,
     as Keras layers produce them: permute a PyTorch ``[B, K, H, W]`` output first). The teacher's own input detach
