@@ -4,8 +4,9 @@
     KERAS_BACKEND=torch python benchmarks/head_gpu_profile.py OUT_DIR [--sizes 256,512] [--profile 256-1-float32]
 
 ``AxialTeacherHead`` (Axial-DeepLab's position-sensitive axial attention, Wang et al., ECCV 2020, Eq. 4, on the
-student's logits as in "Improving segmentation accuracy with self-distillation") with 5 classes, hidden 16, one head,
-on random ``[batch, size, size, 5]`` logits (batch 8 up to 512², 2 above), pool 1 and 2, float32 and Keras'
+student's logits as in "Improving segmentation accuracy with self-distillation") with 5 classes, one attention head,
+``--hidden-dim`` channels and ``--num-blocks`` axial blocks (default: the library's default head, 32 and 2; issue 10's
+"before" figures were measured with 16 and 1), on random ``[batch, size, size, 5]`` logits (batch 8 up to 512², 2 above), pool 1 and 2, float32 and Keras'
 ``mixed_bfloat16``. One step = forward in training mode + ``torch.autograd.grad`` of the mean squared output over the
 head's weights (no optimizer: the head's own cost). 3 warm-up + 10 timed steps, each followed by
 ``torch.cuda.synchronize()``; the median is reported. Peak memory is ``torch.cuda.max_memory_allocated()`` above what
@@ -37,12 +38,13 @@ from axial_kd_tf.layers import AxialTeacherHead  # noqa: E402
 from benchmarks._common import run_main  # noqa: E402
 
 
-def measure(size: int, pool: int, precision: str, profile_dir: Path | None) -> dict:
+def measure(size: int, pool: int, precision: str, profile_dir: Path | None, hidden_dim: int = 32,
+            num_blocks: int = 2) -> dict:
     keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
     keras.utils.set_random_seed(0)
     batch = 8 if size <= 512 else 2
-    row = dict(size=size, pool=pool, precision=precision, batch=batch)
-    head = AxialTeacherHead(5, hidden_dim=16, pool_size=pool)
+    row = dict(size=size, pool=pool, precision=precision, batch=batch, hidden_dim=hidden_dim, num_blocks=num_blocks)
+    head = AxialTeacherHead(5, hidden_dim=hidden_dim, num_blocks=num_blocks, pool_size=pool)
     x = torch.randn(batch, size, size, 5, device="cuda")
     head.build(tuple(x.shape))
     params = [v.value for v in head.trainable_variables]
@@ -105,7 +107,8 @@ def run_profile(args: argparse.Namespace) -> list[dict]:
         for pool in (1, 2):
             for precision in ("float32", "bfloat16"):
                 cell = f"{size}-{pool}-{precision}"
-                rows.append(measure(size, pool, precision, out if cell in profiled else None))
+                rows.append(measure(size, pool, precision, out if cell in profiled else None, args.hidden_dim,
+                                    args.num_blocks))
                 torch.cuda.empty_cache()
     atomic_write_json(out / "head.json", rows)
     print("| input | pool | precision | head step ms | head peak GiB |\n|---:|---:|:---|---:|---:|")
@@ -119,6 +122,8 @@ def main() -> int:
     p.add_argument("--sizes", default="256,512", help="comma separated (default: %(default)s)")
     p.add_argument("--profile", default="256-1-float32",
                    help="cells to profile, size-pool-precision, comma separated (default: %(default)s)")
+    p.add_argument("--hidden-dim", type=int, default=32, help="teacher.hidden_dim (default: %(default)s)")
+    p.add_argument("--num-blocks", type=int, default=2, help="teacher.num_blocks (default: %(default)s)")
     return run_main(p.parse_args(), run_profile)
 
 

@@ -137,8 +137,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UserError("--steps must be >= 1 and --warmup >= 1 (the first step traces and compiles)")
     if args.batch is not None and args.batch < 1:
         raise UserError(f"--batch must be >= 1, got {args.batch}")
-    if args.num_classes < 2 or args.in_channels < 1 or args.hidden_dim < 1 or args.num_heads < 1:
-        raise UserError("--num-classes must be >= 2 and --in-channels, --hidden-dim, --num-heads >= 1")
+    if args.num_classes < 2 or min(args.in_channels, args.hidden_dim, args.num_heads, args.num_blocks) < 1:
+        raise UserError("--num-classes must be >= 2 and --in-channels, --hidden-dim, --num-heads, --num-blocks >= 1")
     if args.hidden_dim % args.num_heads:
         raise UserError(f"--hidden-dim ({args.hidden_dim}) must be divisible by --num-heads ({args.num_heads})")
     args.encoder = args.encoder or "resnet34"
@@ -185,14 +185,14 @@ def build_model(arch: str, size: int, pool: Optional[int], args: argparse.Namesp
     head_params = 0
     if pool is not None:
         head = AxialTeacherHead(args.num_classes, hidden_dim=args.hidden_dim, num_heads=args.num_heads,
-                                pool_size=pool, name="axial_teacher_head")
+                                num_blocks=args.num_blocks, pool_size=pool, name="axial_teacher_head")
         outputs.append(keras.layers.Activation("linear", dtype="float32", name="teacher")(head(student)))
         head_params = head.count_params()
     return keras.Model(inputs, outputs, name=f"{arch}_{'teacher' if pool else 'base'}"), head_params
 
 
 def loss_of(labels: Any, outputs: Sequence[Any]) -> Any:
-    """The library's loss: CE + CE + T²·KL (mask teacher_correct) with a teacher, CE alone without."""
+    """The library's loss (``self_distillation_loss``'s defaults) with a teacher, CE alone without."""
     if not isinstance(outputs, (list, tuple)):  # a one-output functional model returns its tensor
         outputs = [outputs]
     return self_distillation_loss(labels, outputs[0], outputs[1] if len(outputs) > 1 else None)[0]
@@ -618,6 +618,7 @@ def run_benchmark(args: argparse.Namespace, log: Log = print) -> dict:
         f"- {', '.join(args.archs)} with encoder {args.encoder}{' (tiny variants)' if args.small else ''}, options "
         f"{args.options}, "
         f"{args.in_channels} input channel(s), {args.num_classes} classes; teacher hidden {args.hidden_dim}, "
+        f"{args.num_blocks} block(s), "
         f"{args.num_heads} head(s); {args.warmup} warm-up + {args.steps} timed steps per cell; wall time {wall:.0f} s",
         *[f"- note: {n}" for n in notes],
         "",
@@ -656,7 +657,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="untimed steps per cell, the first compiles (default: 5; 1 with --small)")
     p.add_argument("--num-classes", type=int, default=5, help="(default: %(default)s)")
     p.add_argument("--in-channels", type=int, default=1, help="(default: %(default)s, grey-scale EM / CT)")
-    p.add_argument("--hidden-dim", type=int, default=16, help="teacher.hidden_dim (default: %(default)s)")
+    p.add_argument("--hidden-dim", type=int, default=32,
+                   help="teacher.hidden_dim (default: %(default)s, the library's; issue 10's first figures: 16)")
+    p.add_argument("--num-blocks", type=int, default=2,
+                   help="teacher.num_blocks (default: %(default)s, the library's; issue 10's first figures: 1)")
     p.add_argument("--num-heads", type=int, default=1, help="teacher.num_heads (default: %(default)s)")
     p.add_argument("--tf-xla", action="store_true", help="KERAS_BACKEND=tensorflow: compile the step with XLA")
     p.add_argument("--small", action="store_true",

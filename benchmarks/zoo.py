@@ -60,7 +60,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from axial_kd_tf.config import Config, config_from_dict, load_config  # noqa: E402
-from axial_kd_tf.distill import student_network  # noqa: E402
+from axial_kd_tf.distill import student_network, teacher_head  # noqa: E402
 from axial_kd_tf.errors import UserError  # noqa: E402
 from axial_kd_tf.export import convert_tflite, verify_tflite  # noqa: E402
 from axial_kd_tf.io_utils import atomic_write_json  # noqa: E402
@@ -123,6 +123,21 @@ def forward_flops(model: keras.Model, input_shape: Sequence[int]) -> int:
     options["output"] = "none"  # no per-op dump on stdout
     profile = tf.compat.v1.profiler.profile(frozen.graph, options=options)
     return int(profile.total_float_ops)
+
+
+def teacher_forward_flops(trainer: keras.Model, args: argparse.Namespace) -> int:
+    """Forward FLOPs of the trainer's teacher head on one image's ``[size, size, K]`` student logits (as
+    :func:`forward_flops` counts them: BatchMatMul, MatMul and element-wise ops; softmax and resize count 0).
+
+    With the student's count this gives the **FLOP floor** of the distillation/baseline ratio, ``1 + teacher /
+    student``: what the step would cost if the head ran at the network's FLOP rate (training is about three forward
+    passes for both).
+    """
+    head = teacher_head(trainer.network)
+    if head is None:
+        raise ValueError("the distillation model has no AxialTeacherHead")
+    logits = keras.Input((args.size, args.size, args.num_classes))
+    return forward_flops(keras.Model(logits, head(logits)), (args.size, args.size, args.num_classes))
 
 
 # -------------------------------------------------------------------------------------------------------- configs
@@ -257,8 +272,9 @@ def measure_arch(arch: str, args: argparse.Namespace, prefix: str = "", log: Log
     row: dict[str, Any] = {
         "arch": arch, "encoder": args.encoder, "errors": errors, "pid": os.getpid(),
         "student_params": None, "student_trainable_params": None, "teacher_params": None,
-        "teacher_trainable_params": None, "flops": None, "gflops": None, "baseline": None, "distill": None,
-        "time_ratio": None, "cpu_time_ratio": None, "tflite": None,
+        "teacher_trainable_params": None, "flops": None, "gflops": None, "teacher_flops": None,
+        "teacher_gflops": None, "flop_floor": None, "baseline": None, "distill": None, "time_ratio": None,
+        "cpu_time_ratio": None, "tflite": None,
     }
 
     def phase(name: str, what: str) -> None:
@@ -327,6 +343,13 @@ def measure_arch(arch: str, args: argparse.Namespace, prefix: str = "", log: Log
         n_total, n_total_trainable = count_params(built.model)
         row["teacher_params"] = n_total - n_student
         row["teacher_trainable_params"] = n_total_trainable - n_student_trainable
+        try:
+            row["teacher_flops"] = teacher_forward_flops(built.model, args)
+            row["teacher_gflops"] = row["teacher_flops"] / 1e9
+            if row["flops"]:
+                row["flop_floor"] = 1.0 + row["teacher_flops"] / row["flops"]
+        except Exception as exc:  # noqa: BLE001 - the timing below does not need the count
+            errors["teacher_flops"] = _error(exc)
         if row["student_params"] is None:  # the baseline did not build: take the student from this model
             row["student_params"], row["student_trainable_params"] = n_student, n_student_trainable
         elif n_student != row["student_params"]:
@@ -368,7 +391,7 @@ def measure_tflite(student: keras.Model, shape: tuple[int, int, int], args: argp
 
 def describe_teacher(cfg: Config) -> str:
     t = cfg.teacher
-    return (f"teacher pool={t.pool_size} hidden={t.hidden_dim} heads={t.num_heads} "
+    return (f"teacher pool={t.pool_size} hidden={t.hidden_dim} blocks={t.num_blocks} heads={t.num_heads} "
             f"pe={'on' if t.use_positional_encoding else 'off'} norm={'on' if t.use_normalization else 'off'}, "
             f"jit={'on' if cfg.train.jit_compile else 'off'}")
 
@@ -409,13 +432,13 @@ def _args_dict(args: argparse.Namespace) -> dict:
 def _failed_row(arch: str, args: argparse.Namespace, why: str) -> dict:
     return {"arch": arch, "encoder": args.encoder, "errors": {"worker": why}, "student_params": None,
             "student_trainable_params": None, "teacher_params": None, "teacher_trainable_params": None,
-            "flops": None, "gflops": None, "baseline": None, "distill": None, "time_ratio": None,
-            "cpu_time_ratio": None, "tflite": None}
+            "flops": None, "gflops": None, "teacher_flops": None, "teacher_gflops": None, "flop_floor": None,
+            "baseline": None, "distill": None, "time_ratio": None, "cpu_time_ratio": None, "tflite": None}
 
 
 # ------------------------------------------------------------------------------------------------------ reporting
-COLUMNS = ("arch", "student params (trainable)", "teacher params", "GFLOPs (b=1)", "baseline step s",
-           "distill step s", "distill / baseline", "CPU ratio", "TFLite ms (1 thr)", "TFLite max \\|diff\\|", "status")
+COLUMNS = ("arch", "student params (trainable)", "teacher params", "GFLOPs (b=1)", "teacher GFLOPs (b=1)",
+           "FLOP floor", "baseline step s", "distill step s", "distill / baseline", "CPU ratio", "TFLite ms (1 thr)", "TFLite max \\|diff\\|", "status")
 
 
 def _fmt_step(mode: Optional[dict]) -> str:
@@ -438,6 +461,7 @@ def format_table(rows: Sequence[dict]) -> str:
         if r.get("student_params") is not None:
             params = f"{r['student_params']:,} ({r['student_trainable_params']:,})"
         cells = [r["arch"], params, fmt(r.get("teacher_params"), ","), fmt(r.get("gflops"), ".2f"),
+                 fmt(r.get("teacher_gflops"), ".2f"), fmt(r.get("flop_floor"), ".2f", "×"),
                  _fmt_step(r.get("baseline")), _fmt_step(r.get("distill")), fmt(r.get("time_ratio"), ".2f", "×"),
                  fmt(r.get("cpu_time_ratio"), ".2f", "×"), fmt(tfl.get("mean_latency_ms"), ".1f"),
                  fmt(tfl.get("max_abs_diff"), ".1e"), status]
@@ -480,7 +504,8 @@ def run_benchmark(args: argparse.Namespace, log: Log = print) -> dict:
     notes = [
         "GFLOPs: forward pass of the student at batch 1, counted by TF's profiler (float_operation) on the frozen "
         "graph; multiply and add count separately (2·MACs); ops without registered statistics (ReLU, resize, pad, "
-        "concat) count 0.",
+        "concat) count 0. Teacher GFLOPs: the same count for the teacher head on one image's logits. FLOP floor: "
+        "1 + teacher / student GFLOPs, the distill / baseline ratio if the head ran at the network's FLOP rate.",
         f"Step times: median of {args.steps} compiled train_function calls per mode after {args.warmup} warm-up fit "
         "step(s) (tracing + XLA compilation, in the JSON as compile_warmup_s); baseline = CE only, distill = "
         f"student + teacher ({describe_teacher(dcfg)}), loss CE + CE + MSE. The two modes run one after the other, "

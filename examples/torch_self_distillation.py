@@ -96,7 +96,8 @@ def device_name() -> str:
 
 
 def build(num_classes: int = 4, pool_size: int = 2, seed: int = 0) -> tuple[TinySegNet, AxialTeacherHead]:
-    """The student network and the teacher head (library defaults: hidden 16, 1 head, zero gate, detached input)."""
+    """The student network and the teacher head (library defaults: two 32-channel axial blocks, 1 head, zero gate,
+    detached input)."""
     if keras.backend.backend() != "torch":
         raise UserError(f"this example needs Keras' torch backend, but KERAS_BACKEND is "
                         f"'{keras.backend.backend()}': run it with KERAS_BACKEND=torch")
@@ -105,7 +106,7 @@ def build(num_classes: int = 4, pool_size: int = 2, seed: int = 0) -> tuple[Tiny
     random.seed(seed)
     torch.manual_seed(seed)
     net = TinySegNet(in_channels=1, num_classes=num_classes).to(device_name())
-    head = AxialTeacherHead(num_classes, hidden_dim=16, num_heads=1, pool_size=pool_size)
+    head = AxialTeacherHead(num_classes, pool_size=pool_size)
     head.build((None, None, None, num_classes))  # variables exist now, so the optimizer can hold them
     return net, head
 

@@ -294,9 +294,13 @@ def test_estimate_teacher_mb():
     # pool 1, 1 head, hidden 16 (dk 8, dv 16), K 5, 64x64: passes are symmetric
     l2 = 64 * 64 * 64
     floats = 6 * l2 + 64 * 64 * (3 * 8 + 16) + 64 * 64 * (4 * 8 + 3 * 16) + 64 * 64 * (10 + 16) + 64 * 64 * 32
+    assert estimate_teacher_mb(64, 64, hidden_dim=16) == pytest.approx(floats * 4 / 2**20)
+    # the defaults are the default head's (hidden 32: dk 16, dv 32)
+    floats = 6 * l2 + 64 * 64 * (3 * 16 + 32) + 64 * 64 * (4 * 16 + 3 * 32) + 64 * 64 * (10 + 32) + 64 * 64 * 64
     assert estimate_teacher_mb(64, 64) == pytest.approx(floats * 4 / 2**20)
+    assert AxialTeacherHead(5).hidden_dim == 32
     assert estimate_teacher_mb(64, 64, 2) > estimate_teacher_mb(64, 64)
-    big = [estimate_teacher_mb(1024, 1024, pool_size=p) for p in (1, 2, 4)]
+    big = [estimate_teacher_mb(1024, 1024, pool_size=p, hidden_dim=16) for p in (1, 2, 4)]  # the maps dominate
     assert big[0] / big[1] == pytest.approx(8, rel=0.1) and big[1] / big[2] == pytest.approx(8, rel=0.25)
     assert estimate_teacher_mb(64, 128) == estimate_teacher_mb(128, 64)
     assert estimate_teacher_mb(64, 64, use_positional_encoding=False) < estimate_teacher_mb(64, 64)

@@ -31,6 +31,7 @@ TINY = ["--small", "--sizes", "32", "--precisions", "float32", "--steps", "2", "
     (["--options", "[1]"], "--options must be a JSON object"),
     (["--steps", "0"], "--steps must be >= 1"),
     (["--hidden-dim", "6", "--num-heads", "4"], "--hidden-dim (6) must be divisible by --num-heads (4)"),
+    (["--num-blocks", "0"], "--num-classes must be >= 2 and --in-channels, --hidden-dim, --num-heads, --num-blocks"),
 ])
 def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, capsys, argv: list, message: str) -> None:
     bench = load_benchmark("teacher_gpu")
@@ -39,6 +40,24 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, capsys, argv: list, 
     err = capsys.readouterr().err
     assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("argv,hidden,blocks", [([], 32, 2), (["--hidden-dim", "16", "--num-blocks", "1"], 16, 1)])
+def test_the_timed_teacher_is_the_default_head_or_the_one_asked_for(argv: list, hidden: int, blocks: int) -> None:
+    """Without flags the benchmark times the library's default head (hidden 32, two blocks since the teacher
+    study); ``--hidden-dim 16 --num-blocks 1`` is the head issue 10's first figures were measured with."""
+    from axial_kd_tf.distill import teacher_head
+    from axial_kd_tf.layers import AxialTeacherHead
+
+    bench = load_benchmark("teacher_gpu")
+    args = bench.resolve_args(bench.parse_args([*TINY, *argv]))
+    model, params = bench.build_model("unet", 32, 2, args)
+    head = teacher_head(model)
+    assert (head.hidden_dim, head.num_blocks, head.pool_size) == (hidden, blocks, 2)
+    assert params == head.count_params()
+    if not argv:
+        default = AxialTeacherHead(5)
+        assert (default.hidden_dim, default.num_blocks) == (hidden, blocks)
 
 
 @pytest.mark.parametrize("exc,oom", [

@@ -45,6 +45,7 @@ def test_zoo_benchmark_two_archs(tmp_path: Path) -> None:
         assert row["student_trainable_params"] == sum(int(np.prod(w.shape)) for w in net.trainable_weights)
         assert row["teacher_params"] > 0 and 0 < row["teacher_trainable_params"] <= row["teacher_params"]
         assert row["flops"] > 0 and row["gflops"] == pytest.approx(row["flops"] / 1e9)
+        assert row["teacher_flops"] > 0 and row["flop_floor"] == pytest.approx(1 + row["teacher_flops"] / row["flops"])
         for mode in ("baseline", "distill"):
             assert len(row[mode]["step_times_s"]) == 1 and row[mode]["time"]["median_s"] > 0
             assert row[mode]["jit_compile"] is False and row[mode]["jit_fallback"] is None
@@ -52,6 +53,29 @@ def test_zoo_benchmark_two_archs(tmp_path: Path) -> None:
             assert row[key] is not None and math.isfinite(row[key]) and row[key] > 0, key
         tfl = row["tflite"]
         assert tfl["mean_latency_ms"] > 0 and math.isfinite(tfl["max_abs_diff"]) and tfl["max_abs_diff"] < 1e-3
+
+
+@pytest.mark.parametrize("hidden_dim,num_blocks,pool_size", [(16, 1, 1), (32, 2, 2)])
+def test_teacher_flops_count_the_attention_maps(hidden_dim: int, num_blocks: int, pool_size: int) -> None:
+    """The teacher's count holds the five L×L contractions of every axial pass (q·k with its offset column, q·r^q,
+    k·r^k, a·v, a·r^v: ``2·N·L²·(2·(3·d_k + 1) + 4·d_v)`` FLOPs per pass, N = rows, L = the axis), plus the small
+    per-pixel projections, and scales with the head's size as that formula says."""
+    import keras
+
+    from axial_kd_tf.layers import AxialTeacherHead
+
+    bench = load_benchmark("zoo")
+    size, k = 32, 4
+    logits = keras.Input((size, size, k))
+    head = AxialTeacherHead(k, hidden_dim=hidden_dim, num_blocks=num_blocks, pool_size=pool_size)
+    net = keras.Model(logits, [logits, head(logits)])
+    args = bench.parse_args(["--size", str(size), "--num-classes", str(k)])
+    counted = bench.teacher_forward_flops(type("Trainer", (), {"network": net})(), args)
+    side = size // pool_size
+    d_k, d_v = hidden_dim // 2, hidden_dim
+    maps = 2 * num_blocks * side * side**2 * (2 * (3 * d_k + 1) + 4 * d_v)  # two passes per block
+    per_pixel = 2 * num_blocks * side**2 * hidden_dim * (2 * d_k + d_v) * 2  # the qkv projections of the passes
+    assert maps + per_pixel <= counted <= 1.25 * (maps + per_pixel)
 
 
 def test_zoo_benchmark_rejects_unknown_arch(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ def estimate_teacher_mb(
     *,
     num_heads: int = 1,
     pool_size: int = 1,
-    hidden_dim: int = 16,
+    hidden_dim: int = 32,
     key_dim: Optional[int] = None,
     num_classes: int = 5,
     use_positional_encoding: bool = True,
