@@ -125,15 +125,16 @@ def forward_flops(model: keras.Model, input_shape: Sequence[int]) -> int:
     return int(profile.total_float_ops)
 
 
-def teacher_forward_flops(trainer: keras.Model, args: argparse.Namespace) -> int:
-    """Forward FLOPs of the trainer's teacher head on one image's ``[size, size, K]`` student logits (as
-    :func:`forward_flops` counts them: BatchMatMul, MatMul and element-wise ops; softmax and resize count 0).
+def teacher_forward_flops(model: keras.Model, args: argparse.Namespace) -> int:
+    """Forward FLOPs of the teacher head of ``model`` (the two-output network, or a trainer holding it as
+    ``network``) on one image's ``[size, size, K]`` student logits, as :func:`forward_flops` counts them (BatchMatMul,
+    MatMul and element-wise ops; softmax and resize count 0).
 
     With the student's count this gives the **FLOP floor** of the distillation/baseline ratio, ``1 + teacher /
     student``: what the step would cost if the head ran at the network's FLOP rate (training is about three forward
     passes for both).
     """
-    head = teacher_head(trainer.network)
+    head = teacher_head(getattr(model, "network", model))
     if head is None:
         raise ValueError("the distillation model has no AxialTeacherHead")
     logits = keras.Input((args.size, args.size, args.num_classes))

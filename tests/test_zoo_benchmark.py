@@ -70,7 +70,8 @@ def test_teacher_flops_count_the_attention_maps(hidden_dim: int, num_blocks: int
     head = AxialTeacherHead(k, hidden_dim=hidden_dim, num_blocks=num_blocks, pool_size=pool_size)
     net = keras.Model(logits, [logits, head(logits)])
     args = bench.parse_args(["--size", str(size), "--num-classes", str(k)])
-    counted = bench.teacher_forward_flops(type("Trainer", (), {"network": net})(), args)
+    counted = bench.teacher_forward_flops(net, args)
+    assert bench.teacher_forward_flops(type("Trainer", (), {"network": net})(), args) == counted
     side = size // pool_size
     d_k, d_v = hidden_dim // 2, hidden_dim
     maps = 2 * num_blocks * side * side**2 * (2 * (3 * d_k + 1) + 4 * d_v)  # two passes per block
@@ -88,14 +89,15 @@ def test_zoo_benchmark_rejects_unknown_arch(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_zoo_benchmark_worker_process_and_jit_fallback(tmp_path: Path) -> None:
-    """The default path: a worker process per architecture, the config's jit_compile=True, which unet's keras.ops
-    resizes now compile with (before issue 10 both modes fell back to jit_compile=False) (~1-2 min)."""
+    """The default path: a worker process per architecture, jit_compile=True, which unet's keras.ops resizes now
+    compile with (before issue 10 both modes fell back to jit_compile=False) (~1-2 min)."""
     bench = load_benchmark("zoo")
     out = tmp_path / "zoo.json"
     lines: list[str] = []
     args = bench.parse_args([
         "--archs", "unet", "--encoder", ENCODER, "--size", "64", "--batch", "2", "--steps", "1", "--warmup", "1",
-        "--config", str(ROOT / "configs" / "quickstart.yaml"), "--tflite-repeats", "1", "--out", str(out),
+        "--config", str(ROOT / "configs" / "quickstart.yaml"), "--set", "train.jit_compile=true",
+        "--tflite-repeats", "1", "--out", str(out),
     ])
     result = bench.run_benchmark(args, log=lines.append)
     (row,) = result["rows"]
