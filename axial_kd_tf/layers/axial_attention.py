@@ -165,7 +165,7 @@ class AxialAttention(keras.layers.Layer):
         return ops.take(table, d, axis=0)
 
     def _similarity_scales(
-        self, q: Any, k: Any, q_pos: Any, k_pos: Any, w_q: Any, w_k: Any, length: Any, training: bool | None
+        self, qk: Any, qk_t: Any, w_q: Any, w_k: Any, length: Any, training: bool | None
     ) -> tuple[Any, Any]:
         """Per-(term, head) scales ``s`` (``[T, h]``, float32) and per-head offsets ``c`` (``[h]`` or ``None``).
 
@@ -183,7 +183,7 @@ class AxialAttention(keras.layers.Layer):
             return ops.full((n_terms, h), 1.0 / math.sqrt(self.key_dim), dtype="float32"), None
         bn = self.similarity_norm
         if training and bn.trainable:
-            mean, variance = self._similarity_moments(q, k, q_pos, k_pos, w_q, w_k, length)
+            mean, variance = self._similarity_moments(qk, qk_t, w_q, w_k, length)
             # Exactly keras.layers.BatchNormalization's update (biased batch variance).
             bn.moving_mean.assign(
                 ops.cast(bn.moving_mean, "float32") * bn.momentum + mean * (1.0 - bn.momentum)
@@ -198,24 +198,22 @@ class AxialAttention(keras.layers.Layer):
         offset = ops.sum(ops.reshape(ops.cast(bn.beta, "float32") - scale * mean, (n_terms, h)), axis=0)
         return ops.reshape(scale, (n_terms, h)), offset
 
-    def _similarity_moments(self, q: Any, k: Any, q_pos: Any, k_pos: Any, w_q: Any, w_k: Any,
-                            length: Any) -> tuple[Any, Any]:
+    def _similarity_moments(self, qk: Any, qk_t: Any, w_q: Any, w_k: Any, length: Any) -> tuple[Any, Any]:
         """Exact batch mean and (biased) variance of the ``T·h`` similarity channels (float32) from small tensors.
 
-        ``q`` and ``k`` are ``[N, L, h·d]`` (head-major channels), ``q_pos`` and ``k_pos`` their ``[L, N, h·d]``
-        transposes (only with positional encoding). Each channel has ``N·L²`` entries. Per head:
+        ``qk`` is ``[N, L, 2·h·d]`` (``q`` then ``k``, head-major), ``qk_t`` its ``[L, N, 2·h·d]`` transpose (only with
+        positional encoding). Each channel has ``N·L²`` entries. Per head:
 
         * ``qk[o,p] = q_o·k_p``: ``Σ x = Σ_n (Σ_o q_o)·(Σ_p k_p)``, ``Σ x² = Σ_n ⟨Σ_o q_o q_oᵀ, Σ_p k_p k_pᵀ⟩``.
         * ``qr[o,p] = q_o·W_q[o,p]``: ``Σ x = Σ_o (Σ_n q_o)·(Σ_p W_q[o,p])``,
           ``Σ x² = Σ_o ⟨Σ_n q_o q_oᵀ, Σ_p W_q[o,p] W_q[o,p]ᵀ⟩``.
         * ``kr[o,p] = k_p·W_k[p,o]``: the same with ``k``, ``W_k`` and the roles of ``o`` and ``p`` swapped.
 
-        The Gram matrices of ``q`` and of ``k`` are batched GEMMs over their ``h·d`` channels (per row ``n``,
-        contracting the ``L`` positions; per position, contracting the ``N`` rows); the ``q``–``k`` cross blocks are
-        never needed, so they are not formed, and the cross-head blocks are dropped. They are formed from mean-shifted
-        float32 data and assembled in float64 (:func:`_shifted_gram`), so that ``σ² = E[x²] − E[x]²`` stays accurate
-        when ``|E[x]| ≫ σ``. Cost ``O(N·L·(h·d)²)``: nothing has an ``N·L²`` factor. Built from differentiable ops, so
-        gradients flow through the batch statistics as through BatchNorm's.
+        The Gram matrices are batched GEMMs over all ``2·h·d`` channels at once (per row ``n``, contracting the ``L``
+        positions; per position, contracting the ``N`` rows); the cross-head blocks are computed and dropped. They are
+        formed from mean-shifted float32 data and assembled in float64 (:func:`_shifted_gram`), so that
+        ``σ² = E[x²] − E[x]²`` stays accurate when ``|E[x]| ≫ σ``. Cost ``O(N·L·(h·d)²)``: nothing has an ``N·L²``
+        factor. Built from differentiable ops, so gradients flow through the batch statistics as through BatchNorm's.
         """
         h, d = self.num_heads, self.key_dim
         hd = h * d
@@ -226,18 +224,19 @@ class AxialAttention(keras.layers.Layer):
             prod = ops.reshape(ops.sum(ops.reshape(a * b, (-1, hd, hd)), axis=0), (h, d, h, d))
             return ops.sum(prod * same_head, axis=(1, 2, 3))
 
-        count = ops.cast(ops.shape(q)[0], "float64") * ops.square(ops.cast(length, "float64"))  # N·L²
-        # Per row: Σ_o x_o [N, hd] and Σ_o x_o x_oᵀ [N, hd, hd], for q and for k.
-        (q_sums, q_gram), (k_sums, k_gram) = _shifted_gram(q), _shifted_gram(k)
-        s1 = [ops.sum(ops.reshape(q_sums * k_sums, (-1, h, d)), axis=(0, 2))]
-        s2 = [per_head_trace(q_gram, k_gram)]
+        count = ops.cast(ops.shape(qk)[0], "float64") * ops.square(ops.cast(length, "float64"))  # N·L²
+        sums, gram = _shifted_gram(qk)  # per row: Σ_o x_o [N, 2hd], Σ_o x_o x_oᵀ [N, 2hd, 2hd]
+        sums = ops.reshape(sums, (-1, 2, h, d))
+        s1 = [ops.sum(sums[:, 0] * sums[:, 1], axis=(0, 2))]
+        s2 = [per_head_trace(gram[:, :hd, :hd], gram[:, hd:, hd:])]
         if self.use_positional_encoding:
-            # Per position: Σ_n x [L, hd] and Σ_n x xᵀ [L, hd, hd] of q (for q·r^q) and of k (for k·r^k).
-            for x, w in ((q_pos, w_q), (k_pos, w_k)):
-                pos_sums, pos_gram = _shifted_gram(x)
+            pos_sums, pos_gram = _shifted_gram(qk_t)  # per position: Σ_n [L, 2hd], Σ_n x xᵀ [L, 2hd, 2hd]
+            pos_sums = ops.reshape(pos_sums, (length, 2, h, d))
+            for i, w in enumerate((w_q, w_k)):
                 w_sum, w_gram = _shifted_gram(w)  # [L, d], [L, d, d]: Σ over the other position
-                s1.append(ops.sum(ops.reshape(pos_sums, (length, h, d)) * w_sum[:, None, :], axis=(0, 2)))
-                s2.append(per_head_trace(pos_gram, ops.tile(w_gram, (1, h, h))))
+                s1.append(ops.sum(pos_sums[:, i] * w_sum[:, None, :], axis=(0, 2)))
+                block = pos_gram[:, i * hd : (i + 1) * hd, i * hd : (i + 1) * hd]  # [L, hd, hd]
+                s2.append(per_head_trace(block, ops.tile(w_gram, (1, h, h))))
         s1, s2 = ops.concatenate(s1, axis=0), ops.concatenate(s2, axis=0)
         if self.similarity_norm.synchronized:
             # Sums are additive over the replicas' shares of the batch, so the global moments are exact.
@@ -266,20 +265,19 @@ class AxialAttention(keras.layers.Layer):
             qkv = self.qkv_norm(qkv, training=training)
         else:
             qkv = qkv + self.qkv_bias
-        q_rows, k_rows, v = ops.split(qkv, [h * dk, 2 * h * dk], axis=-1)  # [N, L, h·dk] twice, [N, L, h·dv]
-        q, k = (ops.reshape(t, (-1, length, h, dk)) for t in (q_rows, k_rows))
+        qk, v = ops.split(qkv, [2 * h * dk], axis=-1)
+        q, k = (ops.reshape(t, (-1, length, h, dk)) for t in ops.split(qk, 2, axis=-1))
         v = ops.reshape(v, (-1, length, h, dv))
 
-        q_pos = k_pos = w_q = w_k = None
+        qk_t = w_q = w_k = None
         if pos:
-            # [L, N, h·dk]: position-major, for the per-position GEMMs (and their batch moments)
-            q_pos, k_pos = (ops.transpose(t, (1, 0, 2)) for t in (q_rows, k_rows))
+            qk_t = ops.transpose(qk, (1, 0, 2))  # [L, N, 2h·dk]: position-major, for the per-position GEMMs
             w_q = self._relative_windows(self.rel_q, length)  # [L (o), L (p), dk]: W_q[o, p] = r^q_{p−o}
             w_k = ops.transpose(self._relative_windows(self.rel_k, length), (1, 0, 2))  # W_k[p, o] = r^k_{p−o}
 
         # The similarity normalisation (or 1/sqrt(dk)) is a per-(term, head) scale plus a per-head offset: apply the
         # scales to the [N, L, h, dk] operands, never to an [N, h, L, L] tensor.
-        scale, offset = self._similarity_scales(q_rows, k_rows, q_pos, k_pos, w_q, w_k, length, training)
+        scale, offset = self._similarity_scales(qk, qk_t, w_q, w_k, length, training)
         scale = ops.cast(scale, q.dtype)
         q_qk, k_qk = q, k * scale[0][:, None]
         if offset is not None:
@@ -288,9 +286,8 @@ class AxialAttention(keras.layers.Layer):
             q_qk = ops.concatenate([q_qk, ones], axis=-1)
             k_qk = ops.concatenate([k_qk, ones * ops.cast(offset, q.dtype)[:, None]], axis=-1)
         if pos:
-            # s_qr on q, s_kr on k: one scale per head, over its dk channels
-            q_t, k_t = (ops.reshape(t * ops.repeat(scale[i], dk), (length, -1, dk))
-                        for i, t in ((1, q_pos), (2, k_pos)))
+            qk_scale = ops.reshape(ops.tile(scale[1:, :, None], (1, 1, dk)), (2 * h * dk,))  # s_qr on q, s_kr on k
+            q_t, k_t = (ops.reshape(t, (length, -1, dk)) for t in ops.split(qk_t * qk_scale, 2, axis=-1))
             w_v = self._relative_windows(self.rel_v, length)  # [L (o), L (p), dv]
         # Everything with an L×L factor happens in the *_maps methods, from small operands only. (Recomputing them in
         # the backward pass with keras.remat was measured and not kept: no lower peak memory on TF, torch or JAX CPU,
