@@ -6,8 +6,8 @@
 ``AxialTeacherHead`` (Axial-DeepLab's position-sensitive axial attention, Wang et al., ECCV 2020, Eq. 4, on the
 student's logits as in "Improving segmentation accuracy with self-distillation") with 5 classes, one attention head,
 ``--hidden-dim`` channels and ``--num-blocks`` axial blocks (default: the library's default head, 32 and 2; issue 10's
-"before" figures were measured with 16 and 1), on random ``[batch, size, size, 5]`` logits (batch 8 up to 512², 2 above), pool 1 and 2, float32 and Keras'
-``mixed_bfloat16``. One step = forward in training mode + ``torch.autograd.grad`` of the mean squared output over the
+"before" figures were measured with 16 and 1), on random ``[batch, size, size, 5]`` logits (batch 8 up to 512², 2
+above), pool 1 and 2, float32 and Keras' ``mixed_bfloat16``. One step = forward in training mode + ``torch.autograd.grad`` of the mean squared output over the
 head's weights (no optimizer: the head's own cost). 3 warm-up + 10 timed steps, each followed by
 ``torch.cuda.synchronize()``; the median is reported. Peak memory is ``torch.cuda.max_memory_allocated()`` above what
 was allocated before the cell. For each ``--profile`` cell (``size-pool-precision``) a ``torch.profiler`` table of 3
@@ -20,6 +20,7 @@ TensorFlow): ``benchmarks/teacher_gpu.py`` is the whole-network benchmark on any
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import statistics
 import sys
@@ -38,8 +39,7 @@ from axial_kd_tf.layers import AxialTeacherHead  # noqa: E402
 from benchmarks._common import run_main  # noqa: E402
 
 
-def measure(size: int, pool: int, precision: str, profile_dir: Path | None, hidden_dim: int = 32,
-            num_blocks: int = 2) -> dict:
+def measure(size: int, pool: int, precision: str, profile_dir: Path | None, hidden_dim: int, num_blocks: int) -> dict:
     keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
     keras.utils.set_random_seed(0)
     batch = 8 if size <= 512 else 2
@@ -122,8 +122,11 @@ def main() -> int:
     p.add_argument("--sizes", default="256,512", help="comma separated (default: %(default)s)")
     p.add_argument("--profile", default="256-1-float32",
                    help="cells to profile, size-pool-precision, comma separated (default: %(default)s)")
-    p.add_argument("--hidden-dim", type=int, default=32, help="teacher.hidden_dim (default: %(default)s)")
-    p.add_argument("--num-blocks", type=int, default=2, help="teacher.num_blocks (default: %(default)s)")
+    head = inspect.signature(AxialTeacherHead).parameters  # the library's default head, not a copy of its numbers
+    p.add_argument("--hidden-dim", type=int, default=head["hidden_dim"].default,
+                   help="teacher.hidden_dim (default: %(default)s)")
+    p.add_argument("--num-blocks", type=int, default=head["num_blocks"].default,
+                   help="teacher.num_blocks (default: %(default)s)")
     return run_main(p.parse_args(), run_profile)
 
 

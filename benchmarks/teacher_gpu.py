@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import json
 import os
 import platform
@@ -657,9 +658,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="untimed steps per cell, the first compiles (default: 5; 1 with --small)")
     p.add_argument("--num-classes", type=int, default=5, help="(default: %(default)s)")
     p.add_argument("--in-channels", type=int, default=1, help="(default: %(default)s, grey-scale EM / CT)")
-    p.add_argument("--hidden-dim", type=int, default=32,
+    head = inspect.signature(AxialTeacherHead).parameters  # the library's default head, not a copy of its numbers
+    p.add_argument("--hidden-dim", type=int, default=head["hidden_dim"].default,
                    help="teacher.hidden_dim (default: %(default)s, the library's; issue 10's first figures: 16)")
-    p.add_argument("--num-blocks", type=int, default=2,
+    p.add_argument("--num-blocks", type=int, default=head["num_blocks"].default,
                    help="teacher.num_blocks (default: %(default)s, the library's; issue 10's first figures: 1)")
     p.add_argument("--num-heads", type=int, default=1, help="teacher.num_heads (default: %(default)s)")
     p.add_argument("--tf-xla", action="store_true", help="KERAS_BACKEND=tensorflow: compile the step with XLA")

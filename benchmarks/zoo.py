@@ -270,13 +270,8 @@ def measure_arch(arch: str, args: argparse.Namespace, prefix: str = "", log: Log
     t0 = time.perf_counter()
     shape = (args.size, args.size, args.in_channels)
     errors: dict[str, str] = {}
-    row: dict[str, Any] = {
-        "arch": arch, "encoder": args.encoder, "errors": errors, "pid": os.getpid(),
-        "student_params": None, "student_trainable_params": None, "teacher_params": None,
-        "teacher_trainable_params": None, "flops": None, "gflops": None, "teacher_flops": None,
-        "teacher_gflops": None, "flop_floor": None, "baseline": None, "distill": None, "time_ratio": None,
-        "cpu_time_ratio": None, "tflite": None,
-    }
+    row = _empty_row(arch, args, errors)
+    row["pid"] = os.getpid()
 
     def phase(name: str, what: str) -> None:
         log(f"{prefix} {arch}: {what} ({time.perf_counter() - t0:.0f} s into this arch)")
@@ -430,16 +425,24 @@ def _args_dict(args: argparse.Namespace) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
 
 
+ROW_FIGURES = ("student_params", "student_trainable_params", "teacher_params", "teacher_trainable_params", "flops",
+               "gflops", "teacher_flops", "teacher_gflops", "flop_floor", "baseline", "distill", "time_ratio",
+               "cpu_time_ratio", "tflite")
+
+
+def _empty_row(arch: str, args: argparse.Namespace, errors: dict[str, str]) -> dict[str, Any]:
+    """A row with every figure still ``None`` (``measure_arch`` fills it in; a failed worker leaves it so)."""
+    return {"arch": arch, "encoder": args.encoder, "errors": errors, **dict.fromkeys(ROW_FIGURES)}
+
+
 def _failed_row(arch: str, args: argparse.Namespace, why: str) -> dict:
-    return {"arch": arch, "encoder": args.encoder, "errors": {"worker": why}, "student_params": None,
-            "student_trainable_params": None, "teacher_params": None, "teacher_trainable_params": None,
-            "flops": None, "gflops": None, "teacher_flops": None, "teacher_gflops": None, "flop_floor": None,
-            "baseline": None, "distill": None, "time_ratio": None, "cpu_time_ratio": None, "tflite": None}
+    return _empty_row(arch, args, {"worker": why})
 
 
 # ------------------------------------------------------------------------------------------------------ reporting
 COLUMNS = ("arch", "student params (trainable)", "teacher params", "GFLOPs (b=1)", "teacher GFLOPs (b=1)",
-           "FLOP floor", "baseline step s", "distill step s", "distill / baseline", "CPU ratio", "TFLite ms (1 thr)", "TFLite max \\|diff\\|", "status")
+           "FLOP floor", "baseline step s", "distill step s", "distill / baseline", "CPU ratio", "TFLite ms (1 thr)",
+           "TFLite max \\|diff\\|", "status")
 
 
 def _fmt_step(mode: Optional[dict]) -> str:
